@@ -219,6 +219,30 @@ BINS = _t(
     description="HBR/SBR summary counts per bin (head 255 = all heads; site 255 = all sites).",
 )
 
+LAYOUTS = _t(
+    "layouts",
+    [
+        ("product", pa.string()),
+        ("wafer_size_mm", pa.float64()),
+        ("die_width_mm", pa.float64()),
+        ("die_height_mm", pa.float64()),
+        ("edge_exclusion_mm", pa.float64()),
+        ("notch", pa.string()),
+        ("pos_x", pa.string()),
+        ("pos_y", pa.string()),
+        ("center_x", pa.float64()),
+        ("center_y", pa.float64()),
+        ("reticle_cols", pa.int32()),
+        ("reticle_rows", pa.int32()),
+        ("reticle_offset_x", pa.int32()),
+        ("reticle_offset_y", pa.int32()),
+        ("gross_die", pa.int64()),
+        ("pass_hbins", pa.string()),
+    ],
+    keys=["product"],
+    description="Wafer layout of a product: geometry, orientation, reticle, gross die, pass bins.",
+)
+
 GENEALOGY = _t(
     "genealogy",
     [
@@ -403,6 +427,7 @@ TABLES: dict[str, Table] = {
         TESTS,
         RESULTS,
         BINS,
+        LAYOUTS,
         GENEALOGY,
         ASSEMBLY_STEPS,
         UNITS,
