@@ -15,5 +15,7 @@ def shared_path(*parts: str) -> Path:
     """A path under ../shared/data, or skip the test saying why it is absent."""
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"{path} is absent: the shared sample data sits beside the project checkout only")
+        pytest.skip(
+            f"{path} is absent: the shared sample data sits beside the project checkout only"
+        )
     return path

@@ -33,12 +33,33 @@ _LAZY = {
 }
 
 _SUBMODULES = {
-    "schema", "lake", "synth", "wafer", "bins", "limits", "pat", "spatial", "genealogy",
-    "assembly", "nightly", "report", "plot", "frame", "engines", "kernels", "io", "patterns",
+    "schema",
+    "lake",
+    "synth",
+    "wafer",
+    "bins",
+    "limits",
+    "pat",
+    "spatial",
+    "genealogy",
+    "assembly",
+    "nightly",
+    "report",
+    "plot",
+    "frame",
+    "engines",
+    "kernels",
+    "io",
+    "patterns",
 }
 
 __all__ = [
-    "BackendFabError", "LakeError", "RecipeError", "SchemaError", "StdfError", "__version__",
+    "BackendFabError",
+    "LakeError",
+    "RecipeError",
+    "SchemaError",
+    "StdfError",
+    "__version__",
     *sorted(_LAZY),
 ]
 

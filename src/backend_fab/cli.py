@@ -48,8 +48,12 @@ def _root(
 
 @app.command()
 def synth(
-    scenario: Annotated[str, typer.Option(help="Scenario name in datasets/ (ci, demo, bench-day).")] = "ci",
-    out: Annotated[Path, typer.Option(help="Output folder (a lake, plus stdf/ files).")] = Path("synth-out"),
+    scenario: Annotated[
+        str, typer.Option(help="Scenario name in datasets/ (ci, demo, bench-day).")
+    ] = "ci",
+    out: Annotated[Path, typer.Option(help="Output folder (a lake, plus stdf/ files).")] = Path(
+        "synth-out"
+    ),
     seed: Annotated[int | None, typer.Option(help="Override the scenario's seed.")] = None,
     stdf: Annotated[bool, typer.Option(help="Also write the tester data as STDF files.")] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
@@ -106,11 +110,15 @@ def ingest(
 @app.command()
 def nightly(
     lake: Annotated[Path, typer.Option(help="Lake folder.")] = Path("fab-lake"),
-    recipe: Annotated[Path | None, typer.Option(help="Recipe TOML (default: the built-in one).")] = None,
-    report: Annotated[Path, typer.Option(help="Folder for the night's HTML and JSON report.")] = Path(
-        "fab-report"
-    ),
-    since: Annotated[str | None, typer.Option(help="Only lots changed since (ISO date/time).")] = None,
+    recipe: Annotated[
+        Path | None, typer.Option(help="Recipe TOML (default: the built-in one).")
+    ] = None,
+    report: Annotated[
+        Path, typer.Option(help="Folder for the night's HTML and JSON report.")
+    ] = Path("fab-report"),
+    since: Annotated[
+        str | None, typer.Option(help="Only lots changed since (ISO date/time).")
+    ] = None,
     engine: Annotated[str, typer.Option(help="local, process or dask.")] = "local",
     scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address.")] = None,
     workers: Annotated[int, typer.Option(help="Workers for process/dask engines.")] = 2,

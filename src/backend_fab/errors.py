@@ -50,6 +50,22 @@ class StdfError(BackendFabError):
         self.reason = message
 
 
+class IngestError(BackendFabError):
+    """An input file cannot be ingested: unreadable, corrupt or truncated compression, expands past
+    the limit, or not a recognised format. Carries the file and, where known, the byte offset."""
+
+    def __init__(self, message: str, *, path: str | None = None, offset: int | None = None):
+        where = []
+        if path is not None:
+            where.append(f"file {path}")
+        if offset is not None:
+            where.append(f"byte offset {offset}")
+        super().__init__(f"{message} ({', '.join(where)})" if where else message)
+        self.path = path
+        self.offset = offset
+        self.reason = message
+
+
 class MapFormatError(BackendFabError):
     """A wafer/strip map file (SEMI E142, G85, SINF) is malformed or unsafe."""
 

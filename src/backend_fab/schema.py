@@ -500,10 +500,7 @@ def validate(name: str, frame: pl.DataFrame | pl.LazyFrame, *, strict: bool = Tr
             column=col,
         )
     frame = frame.select(
-        [
-            pl.col(c).cast(d) if found[c] == pl.Null else pl.col(c)
-            for c, d in expected.items()
-        ]
+        [pl.col(c).cast(d) if found[c] == pl.Null else pl.col(c) for c, d in expected.items()]
     )
     if frame.height:
         for key in spec.keys:

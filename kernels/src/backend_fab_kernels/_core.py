@@ -20,7 +20,9 @@ def check_offsets(name: str, offsets, n: int) -> np.ndarray:
     """Validate group offsets: int64, starts at 0, non-decreasing, ends at ``n``."""
     off = as_array(name, offsets, np.int64, ndim=1)
     if off.size == 0 or off[0] != 0 or off[-1] != n:
-        raise ValueError(f"{name}: offsets must start at 0 and end at {n} (got {off[:1]}..{off[-1:]})")
+        raise ValueError(
+            f"{name}: offsets must start at 0 and end at {n} (got {off[:1]}..{off[-1:]})"
+        )
     if off.size > 1 and np.any(np.diff(off) < 0):
         raise ValueError(f"{name}: offsets must be non-decreasing")
     return off
