@@ -25,11 +25,21 @@ _LAZY = {
     "read_stdf": "backend_fab.io.stdf",
     "iter_stdf": "backend_fab.io.stdf",
     "write_stdf": "backend_fab.io.stdf_write",
+    "write_records": "backend_fab.io.stdf_write",
+    "ingest_paths": "backend_fab.ingest",
     "StdfData": "backend_fab.io.stdf",
     "generate_fab": "backend_fab.synth",
     "run_pat": "backend_fab.pat",
     "classify_wafers": "backend_fab.patterns",
     "WaferPatternClassifier": "backend_fab.patterns",
+    "read_e142": "backend_fab.io.maps",
+    "write_e142": "backend_fab.io.maps",
+    "read_g85": "backend_fab.io.maps",
+    "write_g85": "backend_fab.io.maps",
+    "read_sinf": "backend_fab.io.maps",
+    "run_nightly": "backend_fab.nightly",
+    "trace": "backend_fab.genealogy",
+    "screen_effectiveness": "backend_fab.genealogy",
 }
 
 _SUBMODULES = {

@@ -89,6 +89,9 @@ def ingest(
         int, typer.Option(help="Refuse compressed files that expand past this many MB.")
     ] = 8192,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    salvage: Annotated[
+        bool, typer.Option(help="Keep what can be read of damaged STDF (runs marked salvaged).")
+    ] = False,
 ) -> None:
     """Ingest STDF (plain, .gz, .bz2, .zip), map files and assembly data into the lake.
 
@@ -99,7 +102,12 @@ def ingest(
 
     raise typer.Exit(
         ingest_command(
-            paths=paths, lake=lake, workers=workers, max_expanded_mb=max_expanded_mb, quiet=quiet
+            paths=paths,
+            lake=lake,
+            workers=workers,
+            max_expanded_mb=max_expanded_mb,
+            quiet=quiet,
+            salvage=salvage,
         )
     )
 
@@ -182,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code instead of exiting (tests call this)."""
     args = sys.argv[1:] if argv is None else list(argv)
     try:
-        app(args=args, prog_name="backend-fab", standalone_mode=False)
+        # click returns (not raises) the code of a typer.Exit when standalone_mode is off
+        rc = app(args=args, prog_name="backend-fab", standalone_mode=False)
     except typer.Exit as exc:
         return int(exc.exit_code or 0)
     except SystemExit as exc:  # click's own exits (--help)
@@ -199,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, click.exceptions.Abort):
             return 2
         raise
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":

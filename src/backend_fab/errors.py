@@ -82,6 +82,14 @@ class RecipeError(BackendFabError):
     """A PAT / nightly recipe is invalid; the message names the key."""
 
 
+class LimitsError(BackendFabError):
+    """SYL/SBL or static PAT limits cannot be computed (too few lots or points in the window)."""
+
+
+class ScenarioError(BackendFabError, ValueError):
+    """A synthetic-fab scenario (TOML or dict) is invalid; the message names the file and key."""
+
+
 class KernelInputError(BackendFabError, ValueError):
     """Arrays handed to a kernel wrapper have the wrong shape, dtype or offsets."""
 
