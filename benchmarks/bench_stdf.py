@@ -1,6 +1,6 @@
 """Benchmark of the STDF reader against stdf-convert (Rust) and pystdf (pure Python).
 
-Run: ``.venv/bin/python benchmarks/bench_stdf.py [--smoke] [--big-mb N] [--out DIR]``
+Run: ``.venv/bin/python benchmarks/bench_stdf.py [--smoke] [--only-50mb] [--big-mb N] [--out DIR]``
 
 Measures, in one run on one machine:
 
@@ -10,7 +10,9 @@ Measures, in one run on one machine:
   of the big file (it runs at a few MB/s);
 - cold: the same in a fresh subprocess (interpreter start, imports and numba cache load
   included);
-- peak RSS of each (fresh subprocess, ``ru_maxrss``);
+- peak RSS of each (fresh subprocess, ``VmHWM``);
+- CPU seconds (user + system, every thread) beside wall seconds for warm and cold runs: on a
+  shared, loaded machine wall time mostly measures the other jobs;
 - ``iter_stdf`` over a >= 1 GB file (a few MB with ``--smoke``): MB/s and peak RSS.
 
 Ratios are printed against the anchors measured in the same run. The synthetic files are written
@@ -25,6 +27,7 @@ import json
 import os
 import platform
 import random
+import resource
 import struct
 import subprocess
 import sys
@@ -182,8 +185,14 @@ print(json.dumps({"seconds": t1 - t0, "n_ptr": n_ptr, "peak_rss_mb": hwm / 1024}
 """
 
 
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def child(tool: str, path: Path, env: dict | None = None) -> dict:
-    """Run one decode in a fresh interpreter: wall seconds of the whole process, peak RSS."""
+    """Run one decode in a fresh interpreter: wall and CPU seconds of the whole process, peak RSS."""
+    c0 = _children_cpu()
     t0 = time.perf_counter()
     out = subprocess.run(
         [PY, "-c", _CHILD, tool, str(path), "cold"], capture_output=True, text=True,
@@ -192,18 +201,26 @@ def child(tool: str, path: Path, env: dict | None = None) -> dict:
     wall = time.perf_counter() - t0
     res = json.loads(out.stdout.strip().splitlines()[-1])
     res["process_seconds"] = wall
+    res["process_cpu_seconds"] = _children_cpu() - c0
     return res
 
 
 def warm(fn, repeat: int) -> float:
-    """Best of ``repeat`` runs after one warm-up run (steady state, compiled kernels)."""
+    """Best wall seconds of ``repeat`` runs after one warm-up run (steady state, compiled kernels)."""
+    return warm_cpu(fn, repeat)[0]
+
+
+def warm_cpu(fn, repeat: int) -> tuple[float, float]:
+    """Best wall and best CPU seconds (``time.process_time``: every thread of this process) of
+    ``repeat`` runs after one warm-up run."""
     fn()
-    best = float("inf")
+    best = best_cpu = float("inf")
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         fn()
         best = min(best, time.perf_counter() - t0)
-    return best
+        best_cpu = min(best_cpu, time.process_time() - c0)
+    return best, best_cpu
 
 
 def _pystdf_parse(path: Path) -> int:
@@ -252,6 +269,8 @@ def _decompressed(path: Path, folder: Path) -> Path:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--smoke", action="store_true", help="tiny inputs, no timing goals")
+    ap.add_argument("--only-50mb", action="store_true",
+                    help="only the synthetic file (warm and cold), with more repeats")  # fmt: skip
     ap.add_argument("--big-mb", type=float, default=None, help="size of the synthetic file (MB)")
     ap.add_argument("--stream-mb", type=float, default=None, help="size of the iter_stdf file")
     ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "bench_stdf")
@@ -261,7 +280,7 @@ def main(argv=None) -> int:
     big_mb = args.big_mb or (2.0 if smoke else 50.0)
     stream_mb = args.stream_mb or (3.0 if smoke else 1100.0)
     slice_mb = 0.3 if smoke else 2.0
-    repeat = 1 if smoke else 3
+    repeat = 1 if smoke else (5 if args.only_50mb else 3)
     args.out.mkdir(parents=True, exist_ok=True)
 
     import stdf_convert
@@ -269,7 +288,8 @@ def main(argv=None) -> int:
     from backend_fab.io.stdf import read_stdf
 
     files = {}
-    for label, mb in (("synthetic", big_mb), ("pystdf-slice", slice_mb), ("stream", stream_mb)):
+    sizes = (("synthetic", big_mb), ("pystdf-slice", slice_mb), ("stream", stream_mb))
+    for label, mb in sizes[:1] if args.only_50mb else sizes:
         path = args.out / f"synthetic_{mb:g}MB.stdf"
         if not path.exists():
             t0 = time.perf_counter()
@@ -288,8 +308,15 @@ def main(argv=None) -> int:
         n_ptr = data.record_counts.get("PTR", 0)
         row: dict = {"size_mb": size_mb, "file_mb": path.stat().st_size / 1e6, "n_ptr": n_ptr,
                      "n_parts": data.die.height}  # fmt: skip
-        row["read_stdf_warm_s"] = warm(lambda: read_stdf(path), repeat)
-        row["stdf_convert_warm_s"] = warm(lambda: stdf_convert.tables(str(path)), repeat)
+        # interleaved, so that both see the same load from other jobs
+        ours_w, theirs_w = [], []
+        for _ in range(2 if args.only_50mb else 1):
+            ours_w.append(warm_cpu(lambda: read_stdf(path), repeat))
+            theirs_w.append(warm_cpu(lambda: stdf_convert.tables(str(path)), repeat))
+        row["read_stdf_warm_s"] = min(w for w, _ in ours_w)
+        row["read_stdf_warm_cpu_s"] = min(c for _, c in ours_w)
+        row["stdf_convert_warm_s"] = min(w for w, _ in theirs_w)
+        row["stdf_convert_warm_cpu_s"] = min(c for _, c in theirs_w)
         if with_pystdf:
             plain = _decompressed(path, args.out)
             t0 = time.perf_counter()
@@ -300,11 +327,16 @@ def main(argv=None) -> int:
             print(f"\n[{label}] warm read_stdf {row['read_stdf_warm_s']:.3f} s, stdf-convert "
                   f"{row['stdf_convert_warm_s']:.3f} s")  # fmt: skip
             return
-        ours = child("read_stdf", path)
-        theirs = child("stdf_convert", path)
+        colds = []
+        for _ in range(3 if args.only_50mb else 1):  # interleaved; best of each
+            colds.append((child("read_stdf", path), child("stdf_convert", path)))
+        ours = min((o for o, _ in colds), key=lambda r: r["process_seconds"])
+        theirs = min((t for _, t in colds), key=lambda r: r["process_seconds"])
         row["read_stdf_cold_s"] = ours["process_seconds"]
+        row["read_stdf_cold_cpu_s"] = min(o["process_cpu_seconds"] for o, _ in colds)
         row["read_stdf_peak_rss_mb"] = ours["peak_rss_mb"]
         row["stdf_convert_cold_s"] = theirs["process_seconds"]
+        row["stdf_convert_cold_cpu_s"] = min(t["process_cpu_seconds"] for _, t in colds)
         row["stdf_convert_peak_rss_mb"] = theirs["peak_rss_mb"]
         report["files"][label] = row
         w_ours, w_sc = row["read_stdf_warm_s"], row["stdf_convert_warm_s"]
@@ -323,8 +355,16 @@ def main(argv=None) -> int:
         print(f"  cold  stdf-convert  {theirs['process_seconds']:8.3f} s (process)  "
               f"peak RSS {theirs['peak_rss_mb']:.0f} MB   cold ratio "
               f"{theirs['process_seconds'] / ours['process_seconds']:5.2f}x")  # fmt: skip
+        oc, tc = row["read_stdf_warm_cpu_s"], row["stdf_convert_warm_cpu_s"]
+        ocold, tcold = row["read_stdf_cold_cpu_s"], row["stdf_convert_cold_cpu_s"]
+        print(f"  CPU   warm read_stdf {oc:.3f} s, stdf-convert {tc:.3f} s: ratio {tc / oc:5.2f}x;"
+              f" cold {ocold:.3f} s vs {tcold:.3f} s: ratio {tcold / ocold:5.2f}x")  # fmt: skip
 
     measure("synthetic", files["synthetic"], with_pystdf=False)
+    if args.only_50mb:
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2))
+        return 0
     # pystdf runs at a few MB/s: measured on a smaller file of the same structure
     slice_path = files["pystdf-slice"]
     size = slice_path.stat().st_size / 1e6

@@ -1,13 +1,15 @@
 """Benchmark of the synthetic-fab generator: die per second on a production day.
 
     .venv/bin/python benchmarks/bench_synth.py             # bench-day (20 lots x 25 wafers)
+    .venv/bin/python benchmarks/bench_synth.py --lots 3    # a slice: 3 lots of each product
     .venv/bin/python benchmarks/bench_synth.py --smoke     # the ci scenario, seconds
 
 What is measured, in one process:
 
 * setup (apart from the steady state): scenario load and product plans (layouts, probe order,
   neighbour tables; includes the scipy import of the ring computation);
-* the first wafer-sort lot on its own (first calls into polars and numpy's generators);
+* the first wafer-sort lot on its own (first calls into polars and numpy's generators, and
+  numba's first dispatch of the synthetic-fab kernels, loaded from numba's cache when warm);
 * the whole fab, run by run (:meth:`SynthFab.iter_runs`): wall and CPU seconds of the wafer-sort
   runs and of the assembly/final-test runs, wafer-sort die rows per second, results per second,
   and the end-to-end die rate (every run included);
@@ -19,7 +21,13 @@ Anchors measured in the same run:
   decision) on one wafer of the same product: the speed-up of the vectorised generator;
 * ``floor``: numpy drawing the same number of standard normals as the wafer-sort values plus a
   bare polars frame of the same results rows: how close the generator runs to the cost of just
-  producing its random numbers and one output table (ratio = generator time / floor time).
+  producing its random numbers and one output table (ratio = generator time / floor time);
+* ``rng``: numpy drawing as many float32 standard normals as the wafer-sort noise grids (wafers x
+  die x tests) and nothing else: the die rate these draws alone allow on this machine.
+
+The steady state includes each product's second lot, while the generator's buffer pool (see
+``backend_fab.synth._frames.BufferPool``) fills; ``--lots`` slices shorter than ~4 lots per
+product therefore understate it.
 
 Figures depend on the machine's load: CPU seconds are printed next to wall seconds.
 """
@@ -27,6 +35,7 @@ Figures depend on the machine's load: CPU seconds are printed next to wall secon
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -96,19 +105,43 @@ def floor_seconds(n_values: int) -> tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - c0
 
 
+def rng_seconds(n_normals: int) -> tuple[float, float]:
+    """numpy float32 standard normals, as many as the wafer-sort noise grids (wall, CPU)."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    rng = np.random.default_rng(0)
+    chunk = np.empty(min(n_normals, 1 << 22), dtype=np.float32)
+    left = n_normals
+    while left > 0:
+        k = min(left, chunk.size)
+        rng.standard_normal(k, dtype=np.float32, out=chunk[:k])
+        left -= k
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="the ci scenario (seconds)")
     ap.add_argument("--scenario", default="bench-day", help="packaged scenario name or TOML path")
+    ap.add_argument(
+        "--lots", type=int, default=None, help="generate only the first N lots of each product"
+    )
     ap.add_argument("--json", type=Path, help="also write the figures as JSON here")
     args = ap.parse_args(argv)
     scenario = "ci" if args.smoke else args.scenario
+    if args.lots is not None and args.lots < 1:
+        ap.error("--lots must be >= 1")
 
     print(f"machine: {machine()}")
     c0, t0 = time.process_time(), time.perf_counter()
-    from backend_fab.synth import generate_fab
+    from backend_fab.synth import generate_fab, load_scenario
 
-    fab = generate_fab(scenario)
+    loaded = load_scenario(scenario)
+    if args.lots is not None:
+        products = tuple(
+            dataclasses.replace(p, lots=min(p.lots, args.lots)) for p in loaded.products
+        )
+        loaded = dataclasses.replace(loaded, products=products)
+    fab = generate_fab(loaded)
     plans = fab.plans
     setup_s = time.perf_counter() - t0
     print(
@@ -117,10 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     stats = {
-        "ws": {"wall": 0.0, "cpu": 0.0, "runs": 0, "die": 0, "results": 0},
+        "ws": {"wall": 0.0, "cpu": 0.0, "runs": 0, "die": 0, "results": 0, "normals": 0},
         "back_end": {"wall": 0.0, "cpu": 0.0, "runs": 0, "units": 0, "results": 0},
     }
     first_lot = None
+    plan_of = {plan.config.name: plan for plan in plans}
     it = fab.iter_runs()
     t_all, c_all = time.perf_counter(), time.process_time()
     while True:
@@ -142,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         s["results"] += run["results"].height if "results" in run else 0
         if key == "ws":
             s["die"] += run["die"].height
+            plan = plan_of[run["runs"].item(0, "product")]
+            s["normals"] += run["wafers"].height * plan.n * len(plan.tests)  # the z grid
         elif "units" in run:
             s["units"] += run["units"].height
     total_wall = time.perf_counter() - t_all
@@ -189,6 +225,16 @@ def main(argv: list[str] | None = None) -> int:
             f"results): {floor[1]:.2f} s CPU ({floor[0]:.2f} s wall) -> generator / floor = "
             f"{steady['cpu'] / floor[1]:.1f}x (CPU)"
         )
+    rng_floor = None
+    if ws["runs"]:
+        wall_s, cpu_s = rng_seconds(ws["normals"])
+        rng_floor = (wall_s, max(cpu_s, 1e-9))
+        print(
+            f"anchor rng (numpy float32 standard normals, as many as the wafer-sort noise grids: "
+            f"{ws['normals']:,}): {rng_floor[1]:.2f} s CPU ({rng_floor[0]:.2f} s wall) -> these "
+            f"draws alone cap wafer sort at {ws['die'] / rng_floor[1]:,.0f} die/s (CPU); "
+            f"generator / rng = {ws['cpu'] / rng_floor[1]:.1f}x (CPU)"
+        )
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS {rss:,.0f} MB")
     if args.json:
@@ -197,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                 {
                     "machine": machine(),
                     "scenario": scenario,
+                    "lots_per_product": args.lots,
                     "setup_s": setup_s,
                     "first_lot": first_lot,
                     "steady": stats,
@@ -207,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                     "naive_die_per_s_cpu": n_naive / c_naive,
                     "ws_die_per_s_cpu": gen_cpu_rate,
                     "floor_s": floor,
+                    "rng_s": rng_floor,
                     "peak_rss_mb": rss,
                 },
                 indent=2,

@@ -280,7 +280,9 @@ def test_event_log_json_lines_off_a_tty_and_rich_lines_on_one():
     quiet = EventLog(stream=io.StringIO(), tty=False, quiet=True)
     quiet.info("lot_scored", "x")
     quiet.warning("stale_lock_taken_over", "y")
-    assert [json.loads(x)["event"] for x in quiet.stream.getvalue().splitlines()] == ["stale_lock_taken_over"]
+    assert [json.loads(x)["event"] for x in quiet.stream.getvalue().splitlines()] == [
+        "stale_lock_taken_over"
+    ]
     tty = io.StringIO()
     log = EventLog(stream=tty, tty=True)
     log.progress_start(2, "scoring 2 lots")
@@ -312,14 +314,40 @@ def test_dask_engine_on_a_separate_scheduler_and_worker(small_lake, scored, tmp_
         stderr=subprocess.DEVNULL,
     )
     worker = subprocess.Popen(
-        [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nworkers", "2", "--nthreads", "1", "--no-dashboard"],
+        [
+            sys.executable,
+            "-m",
+            "distributed.cli.dask_worker",
+            address,
+            "--nworkers",
+            "2",
+            "--nthreads",
+            "1",
+            "--no-dashboard",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
         time.sleep(5)
         lake = copy_of(small_lake, tmp_path)
-        assert main(["nightly", "--lake", str(lake.path), "--engine", "dask", "--scheduler", address, "--report", str(tmp_path / "r"), "-q"]) == 0
+        assert (
+            main(
+                [
+                    "nightly",
+                    "--lake",
+                    str(lake.path),
+                    "--engine",
+                    "dask",
+                    "--scheduler",
+                    address,
+                    "--report",
+                    str(tmp_path / "r"),
+                    "-q",
+                ]
+            )
+            == 0
+        )
         summary = json.loads((tmp_path / "r" / "latest.json").read_text())
         assert summary["engine"].startswith(f"dask scheduler {address}")
         for name in TABLES:
@@ -329,3 +357,26 @@ def test_dask_engine_on_a_separate_scheduler_and_worker(small_lake, scored, tmp_
         sched.terminate()
         worker.wait(timeout=60)
         sched.wait(timeout=60)
+
+
+def test_an_interrupted_night_is_finished_even_without_its_report_material(scored, tmp_path):
+    """The journal says a night was running (its process died after writing every lot) and its
+    report folder is gone: the next run finishes that night, rebuilding the lots' report
+    material from the lake."""
+    from backend_fab.nightly.run import journal_key
+
+    lake = copy_of(scored[0], tmp_path)
+    recipe = load_recipe()
+    done = lake.state_get(journal_key(recipe.hash))
+    lake.state_put(
+        journal_key(recipe.hash), {**done, "status": "running", "night_id": "20240102T030405Z"}
+    )
+    res = run_nightly(lake, report_dir=tmp_path / "elsewhere", log=quiet_log())
+    assert res.exit_code == 0 and res.night_id == "20240102T030405Z" and res.scored == LOTS
+    summary = json.loads(res.report_json.read_text())
+    assert summary["resumed_from"] == "20240102T030405Z"
+    assert [lot["lot_id"] for lot in summary["lots"]] == LOTS
+    assert all("gallery" in lot["figures"] for lot in summary["lots"])
+    assert lake.state_get(journal_key(recipe.hash))["status"] == "done"
+    for name in TABLES:  # finishing the night wrote nothing new
+        assert table_snapshot(lake, name).equals(scored[2][name]), name

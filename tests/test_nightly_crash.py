@@ -22,7 +22,7 @@ from nightly_lots import build_lake, table_snapshot
 
 from backend_fab.lake import Lake
 from backend_fab.nightly import run_nightly
-from backend_fab.nightly.faults import KILL_ENV
+from backend_fab.nightly.faults import KILL_ENV, KILL_POINTS
 from backend_fab.nightly.lock import NightlyLock
 from backend_fab.nightly.log import EventLog
 
@@ -91,10 +91,19 @@ def _crash_and_rerun(base, tmp_path, *, kill_point: str | None = None, delay: fl
         got = table_snapshot(lake, name)
         assert got.equals(reference[name]), f"{name} differs after a kill at {kill_point or delay}"
     summary = json.loads((report / "latest.json").read_text())
-    # a report of the whole night: the lots written before the kill are in it too
-    if rc == -signal.SIGKILL and kill_point not in (None, "locked", "closed", "report"):
-        assert sorted(lot["lot_id"] for lot in summary["lots"]) == sorted(LOTS)
+    reported = sorted(lot["lot_id"] for lot in summary["lots"])
+    point = (kill_point or "").split(":")[0]
+    if point == "closed":  # the night was complete: the re-run is a new, empty night
+        assert reported == [] and summary["resumed_from"] is None
+    elif point == "locked":  # nothing happened yet: the re-run is the whole night
+        assert reported == sorted(LOTS) and summary["resumed_from"] is None
+    elif point:
+        # the re-run finishes the interrupted night: the lots written before the kill are in
+        # its report too
+        assert reported == sorted(LOTS)
         assert summary["resumed_from"] == result.night_id
+    else:
+        assert set(reported) <= set(LOTS)
     assert not list((report / ".nights").glob("*")) if (report / ".nights").exists() else True
     # and a further night has nothing to do
     again = run_nightly(lake, report_dir=None, log=_log())
@@ -110,3 +119,17 @@ def test_kill_at_a_step_then_rerun_equals_uninterrupted(base, tmp_path, kill_poi
 def test_kill_after_a_delay_then_rerun_equals_uninterrupted(base, tmp_path):
     # wherever the kill lands (import, scoring, a Delta commit), the re-run repairs the night
     _crash_and_rerun(base, tmp_path, delay=4.0)
+
+
+@pytest.mark.nightly
+@pytest.mark.parametrize(
+    "kill_point", [*KILL_POINTS, "scored:2", "figures:3", "dispositions:3", "alarms:2", "scores:3"]
+)
+def test_kill_at_every_step_then_rerun_equals_uninterrupted(base, tmp_path, kill_point):
+    _crash_and_rerun(base, tmp_path, kill_point=kill_point)
+
+
+@pytest.mark.nightly
+@pytest.mark.parametrize("delay", [0.5, 2.0, 3.0, 5.0, 7.0])
+def test_kill_after_various_delays(base, tmp_path, delay):
+    _crash_and_rerun(base, tmp_path, delay=delay)

@@ -32,7 +32,12 @@ def test_recipe_file_with_a_pat_file_beside_it(tmp_path):
     assert r.pat.data["dpat"]["k"] == 5.0 and r.alarms.cluster_z == (3.0, 5.0)
     assert r.alarms.patterns == {"Scratch": 2}
     assert r.source == str(tmp_path / "night.toml")
-    inline = recipe_from_dict({"pat": {"dpat": {"k": 5.0}}, "alarms": {"cluster_z": [3.0, 5.0], "patterns": {"Scratch": 2}}})
+    inline = recipe_from_dict(
+        {
+            "pat": {"dpat": {"k": 5.0}},
+            "alarms": {"cluster_z": [3.0, 5.0], "patterns": {"Scratch": 2}},
+        }
+    )
     assert inline.hash == r.hash
 
 

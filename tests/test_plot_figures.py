@@ -167,13 +167,6 @@ def test_every_figure_on_the_synthetic_fab():
             dispositions=out.dispositions,
         ),
         "gallery": plot.lot_gallery(die, lot_id="AXL0002", layout=lay),
-        "gallery_pat": plot.lot_gallery(
-            out.die.lazy(),
-            lot_id="AXL0001",
-            layout=lay,
-            color_by="disposition",
-            dispositions=out.dispositions,
-        ),
         "stacked": plot.stacked_map_figure(
             bins.stacked_map(die.filter(pl.col("lot_id") == "AXL0002"), which="first"), layout=lay
         ),

@@ -19,7 +19,8 @@ ARRAY_ONLY = [k.FT_N1, k.FT_UF, k.FT_CF, k.FT_VN]
 
 @st.composite
 def programs(draw):
-    """A field program: types, count_refs, size_refs (arrays refer to earlier unsigned fields)."""
+    """A field program: types, count_refs, size_refs (arrays count with earlier U1/U2 fields;
+    Uf/Cf item widths come from earlier U1 fields)."""
     n = draw(st.integers(1, 8))
     types, crefs, srefs = [], [], []
     for f in range(n):
@@ -36,10 +37,15 @@ def programs(draw):
             crefs.append(-1)
             srefs.append(-1)
         else:
-            t = draw(st.sampled_from(SCALARS + VARIABLE + ARRAY_ONLY))
+            # the item width of Uf/Cf arrays comes from a U1 field (STDF V4-2007)
+            u1 = [i for i in unsigned if types[i] == k.FT_U1]
+            allowed = SCALARS + VARIABLE + ARRAY_ONLY
+            if not u1:
+                allowed = [t for t in allowed if t not in (k.FT_UF, k.FT_CF)]
+            t = draw(st.sampled_from(allowed))
             types.append(t)
             crefs.append(draw(st.sampled_from(unsigned)))
-            srefs.append(draw(st.sampled_from(unsigned)) if t in (k.FT_UF, k.FT_CF) else -1)
+            srefs.append(draw(st.sampled_from(u1)) if t in (k.FT_UF, k.FT_CF) else -1)
     return np.array(types, np.int64), np.array(crefs, np.int64), np.array(srefs, np.int64)
 
 
@@ -268,6 +274,8 @@ def test_wrappers_reject_bad_input():
         k.walk_fields(buf, [0], [4], False, [k.FT_R4, k.FT_U1], [-1, 0], [-1, -1], [])
     with pytest.raises(ValueError, match="only valid as an array"):
         k.walk_fields(buf, [0], [4], False, [k.FT_N1], [-1], [-1], [])
+    with pytest.raises(ValueError, match="size_refs must name an earlier U1"):  # U2 width field
+        k.walk_fields(buf, [0], [4], False, [k.FT_U2, k.FT_UF], [-1, 0], [-1, 0], [])
     with pytest.raises(ValueError, match="past the end"):
         k.walk_fields(buf, [6], [4], False, [k.FT_U1], [-1], [-1], [])
     with pytest.raises(ValueError, match="size must be"):

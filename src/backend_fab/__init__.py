@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 
+from backend_fab import frame as _frame  # noqa: F401  (registers df.fab / lf.fab)
 from backend_fab.errors import (
     BackendFabError,
     LakeError,

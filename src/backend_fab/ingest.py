@@ -135,7 +135,7 @@ def load_stdf(path: Path, content: bytes, salvage: bool = False) -> dict[str, pl
     from backend_fab.io.stdf import read_stdf
 
     try:
-        data = read_stdf(content, errors="salvage" if salvage else "raise")
+        data = read_stdf(content, errors="salvage" if salvage else "raise", source_path=path)
     except StdfError as exc:
         if exc.path not in (None, "<bytes>"):
             raise

@@ -15,6 +15,7 @@ Conventions:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import polars as pl
 import pyarrow as pa
@@ -45,13 +46,14 @@ class Table:
     def columns(self) -> list[str]:
         return self.schema.names
 
-    @property
+    @cached_property
     def polars_schema(self) -> dict[str, pl.DataType]:
-        return dict(pl.from_arrow(self.schema.empty_table()).schema)
+        # from_batches, not Schema.empty_table(): the latter imports pandas (over a second)
+        return dict(self.empty().schema)
 
     def empty(self) -> pl.DataFrame:
         """An empty polars frame with exactly this table's columns and types."""
-        return pl.from_arrow(self.schema.empty_table())
+        return pl.from_arrow(pa.Table.from_batches([], schema=self.schema))
 
 
 def _t(name, fields, keys, partition_by=(), run_scoped=False, description=""):
@@ -514,8 +516,16 @@ def validate(name: str, frame: pl.DataFrame | pl.LazyFrame, *, strict: bool = Tr
                     table=name,
                     column=key,
                 )
-        dup = frame.select(spec.keys).is_duplicated()
-        if dup.any():
+        # a key column holding one value everywhere (run_id within a run) cannot make a
+        # duplicate: leave it out of the hashing, which dominates on large results tables
+        varying = [k for k in spec.keys if not _constant(frame.get_column(k))]
+        if not varying:
+            varying = list(spec.keys)
+        # hashes first (several times faster than is_duplicated); a collision only costs the
+        # exact check below, which decides
+        distinct = frame.select(pl.struct(varying).hash().n_unique()).item()
+        dup = frame.select(varying).is_duplicated() if distinct != frame.height else None
+        if dup is not None and dup.any():
             first = frame.filter(dup).row(0, named=True)
             shown = ", ".join(f"{k}={first[k]!r}" for k in spec.keys)
             raise SchemaError(
@@ -524,6 +534,11 @@ def validate(name: str, frame: pl.DataFrame | pl.LazyFrame, *, strict: bool = Tr
                 column=",".join(spec.keys),
             )
     return frame
+
+
+def _constant(series: pl.Series) -> bool:
+    """True when every value equals the first (nulls were refused before)."""
+    return series.len() > 1 and bool((series == series[0]).all())
 
 
 def conform(name: str, frame: pl.DataFrame) -> pl.DataFrame:

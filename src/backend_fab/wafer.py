@@ -93,7 +93,9 @@ def canonical_xy(
             )
             .unique(subset=["run_id", "wafer_id"], keep="first")
         )
-        lf = lf.join(w, on=["run_id", "wafer_id"], how="left", nulls_equal=True, maintain_order="left")
+        lf = lf.join(
+            w, on=["run_id", "wafer_id"], how="left", nulls_equal=True, maintain_order="left"
+        )
     else:
         lf = lf.with_columns(
             pl.lit(None, dtype=pl.String).alias("__px"),

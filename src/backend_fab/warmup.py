@@ -108,6 +108,7 @@ class _Example:
         # wrappers cast to their dtypes and numba compiles per dtype and ndim, not per size, so
         # empty arrays compile the same machine code as real ones and satisfy any size check
         self.empty = np.zeros(0, dtype=np.int64)
+        self.plane_index = np.zeros((ny, nx), dtype=np.int64)  # a per-cell index, one wafer plane
 
     def candidates(self, name: str) -> list[Any]:
         import numpy as np
@@ -122,6 +123,8 @@ class _Example:
             c += [self.offsets, self.starts]
         if re.search(r"(starts?$|^pos)", n):
             c.append(self.starts)
+        if re.search(r"(position|index|zone|ring)", n):
+            c.append(self.plane_index)
         if re.search(r"(counts?$|lengths?$|^sizes$)", n):
             c += [self.counts, self.n_labels]
         if re.search(r"(pred|parent|prev)", n):

@@ -824,10 +824,11 @@ def previous_in_group(ids, n_groups: int):
 
 @numba.njit(**JIT)
 def _gather_columns(buf, offsets, lengths, rel, sizes, big_endian):
-    # record-major: each record's bytes are touched once (one cache line for most headers)
+    # records in the outer loop: each record's bytes are touched once (one cache line for most
+    # headers); the output is field-major so that every column comes out contiguous
     nf = rel.size
     n = offsets.size
-    out = np.empty((n, nf), dtype=np.uint32)
+    out = np.empty((nf, n), dtype=np.uint32)
     for i in range(n):
         p = offsets[i] + 4
         length = lengths[i]
@@ -857,9 +858,9 @@ def _gather_columns(buf, offsets, lengths, rel, sizes, big_endian):
                         | (np.uint32(buf[q + 1]) << 8)
                         | np.uint32(buf[q])
                     )
-                out[i, f] = v
+                out[f, i] = v
             else:
-                out[i, f] = 0
+                out[f, i] = 0
     return out
 
 
@@ -867,7 +868,7 @@ def gather_columns(buf, offsets, lengths, rel, sizes, big_endian: bool):
     """Fixed-position fields of records: field ``f`` is the unsigned ``sizes[f]``-byte integer
     (1, 2 or 4) at byte ``rel[f]`` of each record's payload (after the 4-byte header).
 
-    Returns a uint32 array ``(len(rel), n)`` (a transposed view of a record-major array): the
+    Returns a C-contiguous uint32 array ``(len(rel), n)`` (one contiguous row per field): the
     values (bit patterns), 0 where the record ends before the field (``lengths < rel + size``
     tells those apart).
     """
@@ -882,7 +883,7 @@ def gather_columns(buf, offsets, lengths, rel, sizes, big_endian: bool):
         raise ValueError("rel must be non-negative and sizes 1, 2 or 4")
     if off.size and (off.min() < 0 or np.any(off + 4 + lens > arr.size)):
         raise ValueError("a record runs past the end of the buffer")
-    return _gather_columns(arr, off, lens, r, sz, bool(big_endian)).T
+    return _gather_columns(arr, off, lens, r, sz, bool(big_endian))
 
 
 #: Record keys (REC_TYP << 8 | REC_SUB) that record_kinds classifies.

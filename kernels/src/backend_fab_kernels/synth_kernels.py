@@ -1,15 +1,16 @@
-"""Kernels of the synthetic fab: laying out test results, one row per executed test.
+"""Kernels of the synthetic fab: parametric values, limit evaluation, result rows.
 
 A tester writes, for each part in the order it was tested, one result record per test it
 executed, in flow order (STDF PTR/FTR records between a PIR and a PRR). The synthetic fab holds
-each insertion's measurements as part x test matrices, first pass and retests apart; this kernel
-writes the flat, canonical ``results`` columns straight from them in one pass: no boolean-mask
-extraction, concatenation or per-wafer interleaving of intermediate copies.
+each insertion's measurements as part x test matrices, first pass and retests apart;
+:func:`result_rows` writes the flat, canonical ``results`` columns straight from them in one pass:
+no boolean-mask extraction, concatenation or per-wafer interleaving of intermediate copies.
 
 Executed tests are a prefix of the flow: a part executes its first ``n_exec`` tests (every test,
 or only the continuity test when that stops the part). :func:`evaluate_parts` decides, for a part x
 test matrix of measured values, which tests fail, how many tests each part executed and its first
-failing test (which sets its soft bin).
+failing test (which sets its soft bin). :func:`wafer_values` adds the systematic parts of a lot's
+parametric model (lot and wafer shifts, site offsets, radial and linear gradients) to its noise.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 from backend_fab_kernels._config import JIT
 from backend_fab_kernels._core import as_array
 
-__all__ = ["evaluate_parts", "result_row_count", "result_rows"]
+__all__ = ["evaluate_parts", "result_row_count", "result_rows", "wafer_values"]
 
 #: STDF TEST_FLG bit 7: the test failed.
 TEST_FAILED = 0x80
@@ -96,6 +97,117 @@ def _result_rows(
     for t in range(n_tests - 1, -1, -1):
         running += parts_with[t + 1]
         exec_count[t] = running
+
+
+@numba.njit(**JIT)
+def _wafer_values(
+    noise, shift, site_mean, radial, rad_wt, tilt, lin_wt, zero, sigma, nominal, z, v, rad, lin
+):
+    n_wafers, n_die, n_tests = noise.shape
+    for w in range(n_wafers):
+        # the gradient terms go through memory first: every sum below adds a stored float64
+        # (one rounding per operation, as numpy's separate passes do; never a fused multiply-add)
+        for k in range(n_die):
+            for t in range(n_tests):
+                rad[k, t] = radial[k] * rad_wt[w, t]
+                lin[k, t] = tilt[w, k] * lin_wt[w, t]
+        base = w * n_die
+        for k in range(n_die):
+            for t in range(n_tests):
+                if zero[t]:
+                    x = np.float32(0.0)
+                else:
+                    x = np.float32(np.float64(noise[w, k, t]) + shift[w, t])
+                    x = np.float32(np.float64(x) + site_mean[k, t])
+                    x = np.float32(np.float64(x) + rad[k, t])
+                    x = np.float32(np.float64(x) + lin[k, t])
+                z[w, k, t] = x
+                v[base + k, t] = np.float64(x) * sigma[t]
+        for k in range(n_die):
+            for t in range(n_tests):
+                v[base + k, t] += nominal[t]
+
+
+def wafer_values(
+    noise,
+    shift,
+    site_mean,
+    radial,
+    rad_wt,
+    tilt,
+    lin_wt,
+    zero,
+    sigma,
+    nominal,
+    out=None,
+):
+    """Parametric z-scores and values of a lot: noise plus its systematic parts.
+
+    For wafer ``w``, die ``k``, test ``t`` (all sums in float64, each rounded to float32):
+    ``z = (((noise + shift[w, t]) + site_mean[k, t]) + radial[k] * rad_wt[w, t]) + tilt[w, k] *
+    lin_wt[w, t]``, and ``z = 0`` on the tests flagged in ``zero``; the value is
+    ``nominal[t] + sigma[t] * z`` in float64. Every operation is one IEEE rounding in this order
+    (no fused multiply-add), so the result is bit for bit what the same numpy expressions give.
+
+    Parameters
+    ----------
+    noise : ``(W, N, T)`` float32 standard-normal noise; ``shift`` : ``(W, T)``; ``site_mean`` :
+        ``(N, T)``; ``radial`` : ``(N,)``; ``rad_wt`` : ``(W, T)``; ``tilt`` : ``(W, N)``;
+        ``lin_wt`` : ``(W, T)``; ``sigma``, ``nominal`` : ``(T,)`` (all float64); ``zero`` :
+        ``(T,)`` bool.
+    out : optional ``(z, v)``: a ``(W, N, T)`` float32 array (may be ``noise`` itself, updated in
+        place) and a ``(W * N, T)`` float64 array, C-contiguous and writeable.
+
+    Returns
+    -------
+    ``(z, v)``: ``(W, N, T)`` float32 z-scores and ``(W * N, T)`` float64 values.
+    """
+    noise = as_array("wafer_values noise", noise, np.float32, ndim=3)
+    n_wafers, n_die, n_tests = noise.shape
+    shapes = {
+        "shift": (shift, np.float64, (n_wafers, n_tests)),
+        "site_mean": (site_mean, np.float64, (n_die, n_tests)),
+        "radial": (radial, np.float64, (n_die,)),
+        "rad_wt": (rad_wt, np.float64, (n_wafers, n_tests)),
+        "tilt": (tilt, np.float64, (n_wafers, n_die)),
+        "lin_wt": (lin_wt, np.float64, (n_wafers, n_tests)),
+        "zero": (zero, np.bool_, (n_tests,)),
+        "sigma": (sigma, np.float64, (n_tests,)),
+        "nominal": (nominal, np.float64, (n_tests,)),
+    }
+    args = {}
+    for name, (a, dtype, shape) in shapes.items():
+        arr = as_array(f"wafer_values {name}", a, dtype, ndim=len(shape))
+        if arr.shape != shape:
+            raise ValueError(
+                f"wafer_values: {name} has shape {arr.shape}, expected {shape} for noise of "
+                f"shape {noise.shape}"
+            )
+        args[name] = arr
+    if out is None:
+        z = np.empty(noise.shape, dtype=np.float32)
+        v = np.empty((n_wafers * n_die, n_tests), dtype=np.float64)
+    else:
+        z, v = out
+        for name, a, dtype, shape in (
+            ("z", z, np.float32, noise.shape),
+            ("v", v, np.float64, (n_wafers * n_die, n_tests)),
+        ):
+            if not (
+                isinstance(a, np.ndarray)
+                and a.shape == shape
+                and a.dtype == dtype
+                and a.flags.c_contiguous
+                and a.flags.writeable
+            ):
+                raise ValueError(
+                    f"wafer_values: out {name} must be a C-contiguous writeable "
+                    f"{np.dtype(dtype).name} array of shape {shape}"
+                )
+    rad = np.empty((n_die, n_tests), dtype=np.float64)
+    lin = np.empty((n_die, n_tests), dtype=np.float64)
+    _wafer_values(noise, *args.values(), z, v, rad, lin)
+    return z, v
 
 
 @numba.njit(**JIT)

@@ -19,18 +19,19 @@ Feature groups (:data:`FEATURE_NAMES` gives the column names, :data:`FEATURE_GRO
   the z-score and the fail-fraction excess of a projection bin over its neighbours two bins away,
   maximised over angles and bins (see ``radon._ridge``).
 * ``geometry`` (6, Wu et al. 2015) of the most salient fail region: area (fraction of the wafer's
-  die), perimeter (die edges / sqrt(die count)), major and minor axis length (``2 sqrt(eigenvalue)``
-  of the region's covariance in normalised coordinates: a fraction of the wafer diameter),
-  eccentricity ``sqrt(1 - l2 / l1)``, solidity (die count / area of the convex hull of the die
-  squares). The salient region is the largest 8-connected component of the denoised fail map (a
-  fail die is kept when it has at least two failing 8-neighbours, or neighbours such a die), ties
-  going to the component met first in raster order.
+  die), perimeter (die edges / sqrt(die count)), major and minor axis length (``4 sqrt(l)`` of the
+  region's second moments in die pitches, over the diameter of the disk with the wafer's die
+  count), eccentricity ``sqrt(1 - l2 / l1)``, solidity (die count / area of the convex hull of
+  the die squares). The salient region is the largest 8-connected component of the denoised fail
+  map (a fail die is kept when it has at least two failing 8-neighbours, or neighbours such a
+  die), ties going to the component met first in raster order. Labels and shape measures come from
+  :mod:`backend_fab_kernels.components` (``_label_plane``, ``_features_plane``).
 * ``cluster`` (8, DOMAIN.md 3.1): centroid radius r/R of the salient region, its angular span
-  (share of 36 sectors around the centre that it touches), its edge share (share of its die in
-  die rings 0-1), thinness (die count / (perimeter / 2)^2: 0.25 for a square, ~1/length for a
-  line), the number of components of at least ``max(5, round(0.003 N))`` die, the share of fails
-  in those components, the size of the second-largest component over the largest, and the share of
-  fails kept by denoising.
+  (degrees of the circle its die cover, 360 minus the largest empty gap, over 360), its edge share
+  (share of its die in die rings 0-1), thinness (die count / (perimeter / 2)^2: 0.25 for a square,
+  ~1/length for a line), the number of components of at least ``max(5, round(0.003 N))`` die, the
+  share of fails in those components, the size of the second-largest component over the largest,
+  and the share of fails kept by denoising.
 * ``correlogram`` (4): join-count correlation at lags 1..4 (queen directions), see
   :func:`join_count_correlogram`.
 * ``radial`` (12): fail fraction in 8 equal-area rings (``floor(8 r^2)``, r clipped to 1) and in the

@@ -439,6 +439,27 @@ def _int_values(bits: np.ndarray, t: str) -> np.ndarray:
 # ``pa.table`` import pandas (over a second at a cold start) to check their argument.
 
 
+class _ArrowCArray:
+    """Hands a pyarrow array to polars through the Arrow C data interface only.
+
+    ``pl.from_arrow`` imports ``pyarrow.compute`` (~0.2 s at a cold start) to check for chunked
+    dictionaries; a single-chunk array built from buffers needs no such check.
+    """
+
+    __slots__ = ("array",)
+
+    def __init__(self, array: pa.Array):
+        self.array = array
+
+    def __arrow_c_array__(self, requested_schema=None):
+        return self.array.__arrow_c_array__(requested_schema)
+
+
+def _from_arrow(name: str, array: pa.Array) -> pl.Series:
+    """A polars Series over ``array`` (zero-copy, without importing ``pyarrow.compute``)."""
+    return pl.Series(name, _ArrowCArray(array)).alias(name)
+
+
 def _validity(absent: np.ndarray) -> pa.Buffer | None:
     if not absent.any():
         return None
@@ -475,12 +496,26 @@ def _list_series(name: str, values: np.ndarray, offsets: np.ndarray, absent: np.
         pa.large_list(item), absent.size, [_validity(absent), pa.py_buffer(offsets)],
         children=[child], null_count=int(absent.sum()),
     )  # fmt: skip
-    return pl.from_arrow(arr).alias(name)
+    return _from_arrow(name, arr)
 
 
 def _const(name: str, value, n: int, dtype=pl.String) -> pl.Series:
     """A column of ``n`` copies of ``value`` (null when None)."""
     return pl.Series(name, [value], dtype=dtype).new_from_index(0, n)
+
+
+def _frame(columns: list) -> pl.DataFrame:
+    """A frame from Series and ``(name, value, dtype)`` constants, in the order given.
+
+    Constants become scalar columns that polars broadcasts on use, instead of ``n`` copies of a
+    64-character run id per result row. At least one entry must be a Series (it sets the height).
+    """
+    series = [c for c in columns if isinstance(c, pl.Series)]
+    lits = [pl.lit(c[1], dtype=c[2]).alias(c[0]) for c in columns if not isinstance(c, pl.Series)]
+    frame = pl.DataFrame(series)
+    if lits:
+        frame = frame.with_columns(lits)
+    return frame.select([c.name if isinstance(c, pl.Series) else c[0] for c in columns])
 
 
 def _vn_item(buf: np.ndarray, q: int, be: bool) -> tuple[str, str | None, int]:
@@ -568,7 +603,7 @@ def _decode_records(buf, offsets, lengths, seq, rs: spec.RecordSpec, be: bool) -
                 )
             elif t in ("Cn", "Sn", "Bn"):
                 arr = _string_array(buf, st, 2 if t == "Sn" else 1, be, binary=t == "Bn")
-                col = pl.from_arrow(arr).alias(f.name)
+                col = _from_arrow(f.name, arr)
                 if f.missing is not None and absent.any():
                     col = col.fill_null(f.missing)
             else:  # Dn: {bit_count, bit_data}; every Dn field has the spec missing value "empty"
@@ -581,7 +616,7 @@ def _decode_records(buf, offsets, lengths, seq, rs: spec.RecordSpec, be: bool) -
                 )  # fmt: skip
                 col = pl.DataFrame(
                     [pl.Series("bit_count", nbits.astype(np.uint16)),
-                     pl.from_arrow(data).alias("bit_data")]
+                     _from_arrow("bit_data", data)]
                 ).to_struct(f.name)  # fmt: skip
         else:
             cnt = counts16[i].astype(np.int64)
@@ -1099,7 +1134,8 @@ class _Decoder:
                       "FTR": ([0, 4, 5, 6], [4, 1, 1, 1])}[name]  # fmt: skip
         fixed = gather_columns(buf, offs, lens, np.array(rel), np.array(sizes), be)
         test_num, test_flg = fixed[0].astype(np.int64), fixed[3].astype(np.int64)
-        hs = fixed[1].astype(np.int64) * 256 + fixed[2]
+        hs = fixed[1].astype(np.int64) << 8
+        hs |= fixed[2]
         kind = _RESULT_KIND[name]
         ids, first = group_ids(test_num)
         tests = _Tests(kind, test_num, ids, first)
@@ -1111,13 +1147,13 @@ class _Decoder:
             value_ok = (lens >= 12) & ((test_flg & 0x02) == 0) & ~np.isnan(value)
             self._ptr_defaults(tests, buf, offs, n_present, starts)
             cols = {
-                "slot": slot, "test_num": test_num, "pin": np.full(slot.size, -1, np.int64),
+                "slot": slot, "test_num": test_num, "pin": np.full(slot.size, -1, np.int32),
                 "kind": np.zeros(slot.size, np.int8), "value": value, "value_ok": value_ok,
                 "test_flags": test_flg, "parm_flags": parm, "seq": seq,
             }  # fmt: skip
         elif name == "FTR":
             cols = {
-                "slot": slot, "test_num": test_num, "pin": np.full(slot.size, -1, np.int64),
+                "slot": slot, "test_num": test_num, "pin": np.full(slot.size, -1, np.int32),
                 "kind": np.full(slot.size, 2, np.int8), "value": np.zeros(slot.size),
                 "value_ok": np.zeros(slot.size, np.bool_), "test_flags": test_flg,
                 "parm_flags": np.zeros(slot.size, np.int64), "seq": seq,
@@ -1159,9 +1195,9 @@ class _Decoder:
             cols = {c: v[executed] for c, v in cols.items()}
         # narrow types: a batch of a million rows stays ~40 MB
         cols["test_flags"] = cols["test_flags"].astype(np.uint8)
-        cols["parm_flags"] = cols["parm_flags"].astype(np.uint8)
-        cols["pin"] = cols["pin"].astype(np.int32)
-        cols["test_num"] = cols["test_num"].astype(np.int64)
+        cols["parm_flags"] = cols["parm_flags"].astype(np.uint8, copy=False)
+        cols["pin"] = cols["pin"].astype(np.int32, copy=False)
+        cols["test_num"] = cols["test_num"].astype(np.int64, copy=False)
         self.pending.append(cols)
 
     def _close_results(self) -> None:
@@ -1214,10 +1250,12 @@ class _Decoder:
         executed = (test_flg & 0x10) == 0
         failed = executed & ((test_flg & 0xC0) == 0x80)
         n = first.size
+        # integer counts of the selected rows (weighted bincount would go through float64)
+        n_exec = np.bincount(ids if executed.all() else ids[executed], minlength=n)
         self.exec_counts.append((
             np.full(n, _KIND_CODE[kind], np.int64), test_num[first], hs[first],
-            np.bincount(ids, weights=executed, minlength=n).astype(np.int64),
-            np.bincount(ids, weights=failed, minlength=n).astype(np.int64),
+            n_exec.astype(np.int64, copy=False),
+            np.bincount(ids[failed], minlength=n).astype(np.int64, copy=False),
         ))  # fmt: skip
 
     def _default_slot(self, kind: str, test: int) -> dict:
@@ -1574,7 +1612,7 @@ def _build_results(cols: dict[str, np.ndarray] | None, run: _Run, notes: list[st
     tf = cols["test_flags"]
     kinds = cols["kind"]
     if n and (kinds == kinds[0]).all():
-        kind = _const("kind", "PMF"[int(kinds[0])], n)
+        kind = ("kind", "PMF"[int(kinds[0])], pl.String)
     else:
         kind = pl.Series(kinds).replace_strict({0: "P", 1: "M", 2: "F"}, return_dtype=pl.String)
     value = pl.Series("value", cols["value"], dtype=pl.Float64)
@@ -1584,15 +1622,15 @@ def _build_results(cols: dict[str, np.ndarray] | None, run: _Run, notes: list[st
     no_pf = (tf & 0x40) != 0
     if no_pf.any():
         passed = passed.scatter(np.flatnonzero(no_pf), None)
-    frame = pl.DataFrame(
+    frame = _frame(
         [
-            _const("run_id", run.run_id, n),
+            ("run_id", run.run_id, pl.String),
             pl.Series("part_seq", cols["part_seq"], dtype=pl.Int64),
             pl.Series("test_num", cols["test_num"], dtype=pl.Int64),
-            pl.Series("pin", cols["pin"].astype(np.int32)),
-            kind.alias("kind"),
-            _const("product", run.product, n),
-            _const("lot_id", run.lot_id, n),
+            pl.Series("pin", cols["pin"].astype(np.int32, copy=False)),
+            kind.alias("kind") if isinstance(kind, pl.Series) else kind,
+            ("product", run.product, pl.String),
+            ("lot_id", run.lot_id, pl.String),
             value,
             pl.Series("test_flags", tf.astype(np.int16)),
             pl.Series("parm_flags", cols["parm_flags"].astype(np.int16)),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 from backend_fab.report import LotReport
@@ -20,6 +21,17 @@ def night_dir(report_dir: Path, night_id: str) -> Path:
     path = Path(report_dir) / ".nights" / night_id
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def drop_stale(report_dir: Path, keep: str) -> None:
+    """Remove the material of nights other than ``keep`` (left by a run killed after it closed
+    its night but before it cleaned up; under the lock no other night is in progress)."""
+    root = Path(report_dir) / ".nights"
+    if not root.is_dir():
+        return
+    for path in root.iterdir():
+        if path.name != keep:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _stem(lot_id: str) -> str:

@@ -203,12 +203,25 @@ def _check(name: str, obj: Any) -> None:
             raise RecipeError(
                 f"recipe [scoring].site_strata must be wafer, ring or wafer_ring, got {obj.site_strata!r}"
             )
-        for key, lo in (("site_mc_samples", 99), ("cluster_permutations", 0), ("min_cluster_size", 1)):
+        for key, lo in (
+            ("site_mc_samples", 99),
+            ("cluster_permutations", 0),
+            ("min_cluster_size", 1),
+        ):
             if getattr(obj, key) < lo:
-                raise RecipeError(f"recipe [scoring].{key} must be >= {lo}, got {getattr(obj, key)}")
-        for key in ("site_alpha", "cluster_alpha", "pattern_min_probability", "min_cluster_fraction"):
+                raise RecipeError(
+                    f"recipe [scoring].{key} must be >= {lo}, got {getattr(obj, key)}"
+                )
+        for key in (
+            "site_alpha",
+            "cluster_alpha",
+            "pattern_min_probability",
+            "min_cluster_fraction",
+        ):
             if not 0 <= getattr(obj, key) <= 1:
-                raise RecipeError(f"recipe [scoring].{key} must lie in [0, 1], got {getattr(obj, key)}")
+                raise RecipeError(
+                    f"recipe [scoring].{key} must lie in [0, 1], got {getattr(obj, key)}"
+                )
         if not 2 <= obj.history_min_lots <= obj.history_max_lots:
             raise RecipeError(
                 "recipe [scoring]: need 2 <= history_min_lots <= history_max_lots, got "

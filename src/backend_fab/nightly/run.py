@@ -236,10 +236,10 @@ def run_nightly(
     """Run one night on ``lake`` (a path or :class:`~backend_fab.lake.Lake`); see the module doc.
 
     ``recipe`` is a path to a recipe TOML, a :class:`~backend_fab.nightly.recipe.NightlyRecipe`
-    or None for the built-in recipe. ``figures=False`` skips every figure (faster; the report
-    then has tables only). ``flush_lots`` finished lots are written per lake commit. Raises :class:`NightlyError` (or another
-    :class:`BackendFabError`) when the night cannot run at all; lots that fail are reported in the
-    result, not raised.
+    or None for the built-in recipe. ``figures=False`` skips the report's lot figures (faster;
+    alarms keep theirs). ``flush_lots`` finished lots are written per group of lake commits.
+    Raises :class:`NightlyError` (or another :class:`BackendFabError`) when the night cannot run
+    at all; lots that fail are reported in the result, not raised.
     """
     from backend_fab.engines import check_engine_options, default_batch_size, open_engine
     from backend_fab.lake import Lake
@@ -334,6 +334,8 @@ def run_nightly(
         t0 = time.perf_counter()
         limits = score.night_limits(lake, rec, planned_ids) if plans else None
         timings["limits"] = time.perf_counter() - t0
+        if report_path is not None:
+            material.drop_stale(report_path, keep=night_id)
         night_dir = material.night_dir(report_path, night_id) if report_path is not None else None
         writer = _Writer(lake, night_dir, log, flush_lots)
         outcomes_ok: list[str] = []

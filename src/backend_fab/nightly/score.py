@@ -125,7 +125,6 @@ class LotData:
     run_ids: list[str]
     die: pl.DataFrame
     runs: pl.DataFrame
-    wafers: pl.DataFrame
     layouts: pl.DataFrame
     bins: pl.DataFrame
     lake: object
@@ -144,15 +143,14 @@ class LotData:
 
 
 def load_lot(lake, lot_id: str, run_ids: list[str]) -> LotData:
-    """Read the lot's die, runs, wafers, bins and product layout (only the fingerprinted runs,
-    so the scores match the fingerprint even if a run was ingested meanwhile)."""
+    """Read the lot's die, runs, bins and product layout (only the fingerprinted runs, so the
+    scores match the fingerprint even if a run was ingested meanwhile)."""
     die = (
         lake.scan("die")
         .filter((pl.col("lot_id") == lot_id) & pl.col("run_id").is_in(run_ids))
         .collect()
     )
     runs = lake.scan("runs").filter(pl.col("run_id").is_in(run_ids)).collect()
-    wafers = lake.scan("wafers").filter(pl.col("run_id").is_in(run_ids)).collect()
     bins_t = lake.scan("bins").filter(pl.col("run_id").is_in(run_ids)).collect()
     products = die.get_column("product").drop_nulls().unique().sort().to_list()
     if not products:
@@ -163,7 +161,7 @@ def load_lot(lake, lot_id: str, run_ids: list[str]) -> LotData:
         if product is not None
         else schema.table("layouts").empty()
     )
-    return LotData(lot_id, product, run_ids, die, runs, wafers, layouts, bins_t, lake)
+    return LotData(lot_id, product, run_ids, die, runs, layouts, bins_t, lake)
 
 
 def _pass_bins(recipe: NightlyRecipe) -> list[int]:
@@ -174,21 +172,48 @@ def _pass_bins(recipe: NightlyRecipe) -> list[int]:
 
 
 def lot_yields(data: LotData, recipe: NightlyRecipe) -> tuple[dict, pl.DataFrame]:
-    """Whole-lot yield row (dict) and one row per wafer (bins.yield_summary)."""
+    """Whole-lot yield row (dict) and one row per wafer (bins.yield_summary).
+
+    A lot tested at several insertions (FT1 then PBI) is followed through its flow: a unit's
+    first-pass result is its first test, its final result its last one (runs ordered by start
+    time), so the lot's final yield is the share of units that came through every insertion;
+    :func:`insertion_yields` gives each insertion on its own.
+    """
     from backend_fab import bins
 
     die = data.die.lazy()
-    runs = data.runs.lazy()
+    runs = data.runs.drop("insertion").lazy()
     layouts = data.layouts.lazy() if data.layouts.height else None
     pb = _pass_bins(recipe)
-    lot = bins.yield_summary(die, level="lot", pass_bins=pb, runs=runs, layouts=layouts).collect()
-    wafer = (
-        bins.yield_summary(die, level="wafer", pass_bins=pb, runs=runs, layouts=layouts)
-        .filter(pl.col("wafer_id").is_not_null())
-        .collect()
-    )
-    lot_row = lot.row(0, named=True) if lot.height else {"n_tested": 0, "n_good": 0}
-    return lot_row, wafer
+    per_wafer = bins.yield_summary(
+        die, level="wafer", pass_bins=pb, runs=runs, layouts=layouts
+    ).collect()
+    # the lot is the sum of its wafers (and of the parts without a wafer): one pass over the die
+    counts = ["n_tested", "n_good", "n_first_pass", "n_good_first_pass"]
+    totals = {c: int(per_wafer.get_column(c).sum()) for c in counts}
+    lot_row = {
+        **totals,
+        "yield_final": totals["n_good"] / totals["n_tested"] if totals["n_tested"] else None,
+        "yield_first_pass": (
+            totals["n_good_first_pass"] / totals["n_first_pass"] if totals["n_first_pass"] else None
+        ),
+    }
+    return lot_row, per_wafer.filter(pl.col("wafer_id").is_not_null())
+
+
+def insertion_yields(data: LotData, recipe: NightlyRecipe) -> pl.DataFrame:
+    """First-pass and final yield of the lot per insertion (WS1, FT1, PBI ...), in test order."""
+    from backend_fab import bins
+
+    out = bins.yield_summary(
+        data.die.lazy(),
+        level="lot",
+        by=["insertion"],
+        pass_bins=_pass_bins(recipe),
+        runs=data.runs.lazy(),
+    ).collect()
+    order = data.runs.group_by("insertion").agg(pl.col("start_time").min().alias("_t"))
+    return out.join(order, on="insertion", how="left").sort("_t", nulls_last=True).drop("_t")
 
 
 def lot_pareto(data: LotData, recipe: NightlyRecipe) -> pl.DataFrame:
@@ -532,6 +557,17 @@ class LotScores:
     def stage_yield(self) -> None:
         self.lot_yield, self.wafer_yield = lot_yields(self.data, self.recipe)
         self.pareto = lot_pareto(self.data, self.recipe)
+        if self.data.runs.get_column("insertion").n_unique() > 1:
+            per = insertion_yields(self.data, self.recipe)
+            self.notes.append(
+                "yield through the flow (a unit counts as good when its last test passed); per "
+                "insertion: "
+                + "; ".join(
+                    f"{r['insertion']} {r['n_tested']:,} tested, first pass "
+                    f"{r['yield_first_pass']:.2%}, final {r['yield_final']:.2%}"
+                    for r in per.iter_rows(named=True)
+                )
+            )
 
     def stage_limits(self) -> None:
         ev, note = syl_sbl(self.data, self.recipe, self.night_limits)

@@ -196,6 +196,123 @@ def string_views(name: str, words: np.ndarray, valid: np.ndarray | None = None) 
     return pl.Series(name, pl.from_arrow(arr), dtype=pl.String)
 
 
+def string_table(strings) -> tuple[np.ndarray, np.ndarray]:
+    """A ``(m, width)`` uint8 table of UTF-8 strings (zero padded) and their byte lengths."""
+    raw = [str(x).encode() for x in strings]
+    width = max((len(b) for b in raw), default=0)
+    table = np.zeros((len(raw), width), dtype=np.uint8)
+    for i, b in enumerate(raw):
+        table[i, : len(b)] = np.frombuffer(b, dtype=np.uint8)
+    return table, np.array([len(b) for b in raw], dtype=np.int32)
+
+
+def join_tables(*parts) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise concatenation of ``(table, lengths)`` string tables of equal row counts (a part
+    with one row is broadcast): row ``i`` of the result is the concatenation of row ``i`` of
+    every part, zero padded."""
+    m = max(t.shape[0] for t, _ in parts)
+    out = np.zeros((m, sum(t.shape[1] for t, _ in parts)), dtype=np.uint8)
+    lengths = np.zeros(m, dtype=np.int32)
+    start = 0  # where the next part starts while every row so far has the same length
+    for t, n in parts:
+        w = t.shape[1]
+        if start is not None:  # rows are zero padded: a block copy is exact for any lengths
+            out[:, start : start + w] = t
+        else:
+            rows, cols = np.nonzero(np.broadcast_to(np.arange(w) < n[:, None], (m, w)))
+            out[rows, lengths[rows] + cols] = np.broadcast_to(t, (m, w))[rows, cols]
+        if start is not None and np.all(n == w):
+            start += w
+        else:
+            start = None
+        lengths += n
+    return out, lengths
+
+
+_DIGITS: dict[int, np.ndarray] = {}
+
+
+def _digits(first: int, count: int, width: int) -> np.ndarray:
+    """``(count, width)`` ASCII digits of ``first .. first + count - 1``, zero filled (rows of a
+    cached table; every number must have at most ``width`` digits)."""
+    table = _DIGITS.get(width)
+    if table is None or table.shape[0] < first + count:
+        numbers = np.arange(max(2 * (first + count), 1024), dtype=np.int64)
+        table = np.empty((numbers.size, width), dtype=np.uint8)
+        for j in range(width - 1, -1, -1):
+            table[:, j] = 48 + numbers % 10
+            numbers = numbers // 10
+        _DIGITS[width] = table
+    return table[first : first + count]
+
+
+def take_rows(table: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` of a 2-d uint8 string table (one block copy per row, not per byte)."""
+    table = np.ascontiguousarray(table, dtype=np.uint8)
+    m, width = table.shape
+    if width == 0:
+        return np.zeros((np.size(rows), 0), dtype=np.uint8)
+    whole = table.view(np.dtype((np.void, width))).reshape(m)
+    return whole.take(np.asarray(rows, dtype=np.int64)).view(np.uint8).reshape(-1, width)
+
+
+def decimal_table(prefix: str, first: int, count: int, width: int):
+    """``(table, lengths)`` of ``prefix + str(first + i).zfill(width)`` for ``i < count``."""
+    if first < 0 or (count and first + count - 1 >= 10**width):
+        return string_table(f"{prefix}{i:0{width}d}" for i in range(first, first + count))
+    digits = _digits(first, count, width)
+    return join_tables(string_table([prefix]), (digits, np.full(count, width, dtype=np.int32)))
+
+
+def table_views(
+    name: str, table: np.ndarray, lengths: np.ndarray, rows: np.ndarray, valid=None
+) -> pl.Series:
+    """A String column whose value ``i`` is row ``rows[i]`` of a string table (zero padded
+    rows, see :func:`string_table`), null where ``valid`` is False.
+
+    Built as Arrow string views over the table's bytes: no per-row string is made, and rows
+    that repeat share their bytes. A string of up to 12 bytes is inlined in its view (Arrow
+    columnar format, "Variable-size Binary View Layout"); a longer one keeps its first 4 bytes
+    in the view and points into the table (buffer 0, offset ``row * width``).
+    """
+    import pyarrow as pa
+
+    table = np.ascontiguousarray(table, dtype=np.uint8)
+    width = table.shape[1]
+    if table.size >= 2**31:
+        raise ValueError(f"table_views({name!r}): string table over 2 GiB")
+    rows = np.asarray(rows, dtype=np.int64)
+    n = rows.size
+    length = np.asarray(lengths, dtype=np.int32)[rows]
+    words = np.zeros((n, 4), dtype=np.uint32)
+    words[:, 0] = length
+    long = length > 12
+    all_long = bool(n) and bool(long.all())
+    # the view's bytes 4..16 as uint32 words: the string itself (zero padded) when inline, the
+    # first 4 bytes only (then buffer index and offset) when long
+    n_words = 1 if all_long else 3
+    head = np.zeros((table.shape[0], 4 * n_words), dtype=np.uint8)
+    head[:, : min(width, 4 * n_words)] = table[:, : 4 * n_words]
+    words[:, 1 : 1 + n_words] = head.view(np.uint32)[rows]
+    buffers = [None, pa.py_buffer(words)]
+    if all_long:
+        words[:, 3] = rows * width  # buffer index (word 2) stays 0
+        buffers.append(pa.py_buffer(table))
+    elif long.any():
+        words[long, 2] = 0
+        words[long, 3] = rows[long] * width
+        buffers.append(pa.py_buffer(table))
+    nulls = 0
+    if valid is not None:
+        valid = np.asarray(valid, dtype=bool)
+        nulls = int(n - np.count_nonzero(valid))
+        if nulls:
+            pad = np.ones(-n % 8, dtype=bool)  # bits past the end set, as polars leaves them
+            buffers[0] = pa.py_buffer(np.packbits(np.concatenate([valid, pad]), bitorder="little"))
+    arr = pa.Array.from_buffers(pa.string_view(), n, buffers, null_count=nulls)
+    return pl.Series(name, pl.from_arrow(arr), dtype=pl.String)
+
+
 def labels(codes: np.ndarray, names) -> pl.Series:
     """String column from integer codes into ``names`` (a ``None`` name gives null)."""
     names = list(names)

@@ -39,7 +39,16 @@ import polars as pl
 from backend_fab_kernels.synth_kernels import evaluate_parts
 
 from backend_fab.synth import catalog
-from backend_fab.synth._frames import BufferPool, build, from_rows, labels, view_words
+from backend_fab.synth._frames import (
+    BufferPool,
+    build,
+    decimal_table,
+    from_rows,
+    labels,
+    string_table,
+    table_views,
+    view_words,
+)
 from backend_fab.synth.catalog import ASSEMBLY_STEPS
 from backend_fab.synth.tester import (
     T_CONT,
@@ -49,6 +58,7 @@ from backend_fab.synth.tester import (
     GoodDie,
     ProductPlan,
     bin_summary,
+    ecid_column,
     results_frame,
     run_row,
     wafer_names,
@@ -150,9 +160,9 @@ def assemble(
     strip_no = pos // per_strip + 1
     row = ((pos % per_strip) // p.strip_cols).astype(np.int32)
     col = (pos % p.strip_cols).astype(np.int32)
-    strip_s = pl.Series(strip_no).cast(pl.String).str.zfill(3)
-    strip_id = (assembly_lot_id + "-S") + strip_s
-    unit_id = (assembly_lot_id + "-") + pl.Series(pos + 1).cast(pl.String).str.zfill(5)
+    strips = decimal_table(f"{assembly_lot_id}-S", 1, int(strip_no[-1]) if n1 else 0, 3)
+    strip_id = table_views("strip_id", *strips, strip_no - 1)
+    unit_id = table_views("unit_id", *decimal_table(f"{assembly_lot_id}-", 1, n1, 5), pos)
 
     # --- in-strip steps: first failing step rejects the unit ----------------------------------
     rates = np.empty((n1, len(steps) - 1))
@@ -258,19 +268,12 @@ def assemble(
 
     # --- final test -----------------------------------------------------------------------------
     ecid_ok = rng.random(n1) >= p.ecid_read_fail_rate
-    ecid_read = (
-        pl.DataFrame({"lot": lot_p, "wafer": waf_p, "x": die.x[placed], "y": die.y[placed]})
-        .select(
-            pl.when(pl.Series(ecid_ok))
-            .then(
-                pl.concat_str(
-                    [pl.col("lot"), pl.col("wafer"), pl.col("x"), pl.col("y")], separator=":"
-                )
-            )
-            .otherwise(None)
-            .alias("ecid")
+    if "wafer_heads" not in plan.extra:  # "<lot_id>:<wafer_id>" of every wafer key
+        plan.extra["wafer_heads"] = string_table(
+            f"{lot}:{wafer}" for lot, wafer in zip(lot_names, wafer_names_, strict=True)
         )
-        .to_series()
+    ecid_read = ecid_column(
+        plan, plan.extra["wafer_heads"], die.key[placed], die.k[placed], ecid_ok
     )
     latent = die.latent[placed]
     latent_ft1 = die.latent_ft1[placed]

@@ -129,7 +129,12 @@ class SynthFab:
 
     def iter_runs(self, progress: Progress | None = None) -> Iterator[dict[str, pl.DataFrame]]:
         """Generate the runs one at a time (a WS1 run per fab lot; ASSEMBLY, FT1, PBI per assembly
-        lot as soon as enough good die have left wafer sort)."""
+        lot as soon as enough good die have left wafer sort).
+
+        The runs of one iteration share a buffer pool: the memory of a run's big columns is used
+        again once the consumer has let go of every frame of that run (handling runs one at a
+        time, as :meth:`write_lake` does, is the fast path; keeping them all is safe, only
+        slower)."""
         if self._runs is not None:
             yield from self._runs
             return

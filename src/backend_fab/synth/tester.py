@@ -2,7 +2,13 @@
 planted outliers, retests, latent reliability risk; canonical tables and ground truth.
 
 Everything for a lot is computed on ``(wafers, die, tests)`` arrays in probe order; the only
-Python loop runs over the lot's wafers (at most 25) to draw each wafer's signature.
+Python loops run over the lot's wafers (at most 25: each wafer's signature, its outlier truth).
+The random draws are numpy's, in a fixed order; three numba kernels
+(:mod:`backend_fab_kernels.synth_kernels`) add the systematic terms to the noise, evaluate the
+limits and lay out the ``results`` rows, each bit for bit what the equivalent numpy expressions
+give. Big arrays come from the generator's :class:`~backend_fab.synth._frames.BufferPool`, string
+columns are built as Arrow string views over numpy buffers (no per-row Python or polars string
+work): the same seed gives the same bytes.
 
 Model (units of a test: its within-wafer noise ``sigma``; see :mod:`backend_fab.synth.catalog`):
 
@@ -34,7 +40,12 @@ from datetime import datetime, timedelta
 
 import numpy as np
 import polars as pl
-from backend_fab_kernels.synth_kernels import evaluate_parts, result_row_count, result_rows
+from backend_fab_kernels.synth_kernels import (
+    evaluate_parts,
+    result_row_count,
+    result_rows,
+    wafer_values,
+)
 
 from backend_fab.layout import Layout
 from backend_fab.synth import catalog
@@ -42,8 +53,12 @@ from backend_fab.synth._frames import (
     BufferPool,
     build,
     from_rows,
+    join_tables,
     labels,
+    string_table,
     string_views,
+    table_views,
+    take_rows,
     view_words,
 )
 from backend_fab.synth.catalog import DEFECT_MODE_WEIGHTS, TEST_CATALOG, TestDef
@@ -152,9 +167,10 @@ class ProductPlan:
     ft_idx: np.ndarray  # tests carried to final test (IDDQ + up to 4 pat tests)
     die_pitch: float  # die pitch in normalised wafer units (patterns.estimate_pitch)
     geometry: tuple  # (rho, theta, rho_max) of the die (patterns.wafer_geometry)
+    is_func: np.ndarray  # (T,) bool: functional tests (no value)
     site_mean: np.ndarray  # (n, T) site offset of each die, in sigmas
     kind_words: np.ndarray  # (T, 4) uint32 Arrow string-view words of each test's kind
-    ecid_suffix: pl.Series  # ":<x>:<y>" of each die (data coordinates): the end of its ECID
+    ecid_suffix: tuple  # string table of ":<x>:<y>" of each die (data coordinates)
     extra: dict = field(default_factory=dict)
 
 
@@ -235,11 +251,12 @@ def make_plan(p: ProductConfig, index: int, seed: int) -> ProductPlan:
         ft_idx=np.concatenate([[T_IDDQ], pat_idx[:4]]).astype(np.int64),
         die_pitch=estimate_pitch(u, v) if n else 0.05,
         geometry=wafer_geometry(u, v),
+        is_func=func,
         site_mean=site_offset[site_sorted],
         kind_words=view_words([t.kind for t in tests]).view(np.uint32).reshape(T, 4),
-        ecid_suffix=pl.select(
-            pl.concat_str([pl.lit(":"), pl.Series(dx), pl.lit(":"), pl.Series(dy)])
-        ).to_series(),
+        ecid_suffix=string_table(
+            f":{a}:{b}" for a, b in zip(dx.tolist(), dy.tolist(), strict=True)
+        ),
     )
 
 
@@ -257,13 +274,14 @@ class GoodDie:
     latent: np.ndarray
     latent_ft1: np.ndarray  # latent fail shows at FT1 (else at PBI)
     z_ft: np.ndarray  # (n, len(plan.ft_idx)) final WS z of the tests carried to final test
+    k: np.ndarray  # probe index of the die on its wafer (plan arrays)
     ready: datetime  # when the lot leaves wafer sort
 
     @property
     def size(self) -> int:
         return int(self.x.size)
 
-    _ARRAYS = ("key", "x", "y", "ring", "latent", "latent_ft1", "z_ft")
+    _ARRAYS = ("key", "x", "y", "ring", "latent", "latent_ft1", "z_ft", "k")
 
     def take(self, sl: slice) -> GoodDie:
         """The die of a slice (same ready time)."""
@@ -287,9 +305,16 @@ class LotResult:
 
 
 def _to_values(plan: ProductPlan, z: np.ndarray, pool: BufferPool) -> np.ndarray:
+    """Measured values (die x tests) of z-scores (die x tests)."""
     v = np.multiply(z, plan.sigma, out=pool.empty(z.shape, np.float64))
     v += plan.nominal
-    for t in plan.leak_idx.tolist():  # log-normal tests, in place on the strided column
+    return _log_and_functional(plan, v)
+
+
+def _log_and_functional(plan: ProductPlan, v: np.ndarray) -> np.ndarray:
+    """``nominal + sigma * z`` -> values, in place: leakage tests are log-normal, functional
+    tests have no value (NaN)."""
+    for t in plan.leak_idx.tolist():  # in place on the strided column
         np.exp(v[..., t], out=v[..., t])
     for t in plan.func_idx.tolist():
         v[..., t] = np.nan
@@ -412,6 +437,34 @@ def results_frame(
     return frame, exec_count, fail_count
 
 
+def ecid_column(
+    plan: ProductPlan, heads: tuple, head: np.ndarray, die: np.ndarray, valid=None
+) -> pl.Series:
+    """ECIDs ``<lot_id>:<wafer_id>:<x>:<y>`` (see :mod:`backend_fab.synth.assembly`): row ``i``
+    is die ``die[i]`` (probe index) of the wafer whose ``"<lot_id>:<wafer_id>"`` is row
+    ``head[i]`` of the string table ``heads``; null where ``valid`` is False."""
+    suffix, suffix_len = plan.ecid_suffix
+    table, lengths = join_tables(
+        (take_rows(heads[0], head), heads[1][head]), (take_rows(suffix, die), suffix_len[die])
+    )
+    return table_views("ecid", table, lengths, np.arange(head.size), valid)
+
+
+def lot_ecids(plan: ProductPlan, lot_id: str, wafer_ids: list[str], die: np.ndarray) -> pl.Series:
+    """ECIDs of the rows of a wafer-sort lot, ``die``: lot die index ``wafer * n + k`` of each row
+    (retest rows share their die's bytes)."""
+    head, head_len = string_table(f"{lot_id}:{w}" for w in wafer_ids)
+    suffix, suffix_len = plan.ecid_suffix
+    if np.any(head_len != head.shape[1]):  # heads of unequal length: row by row
+        return ecid_column(plan, (head, head_len), die // plan.n, die % plan.n)
+    # every die of every wafer once: head and suffix blocks (rows are zero padded)
+    table = np.zeros((len(wafer_ids), plan.n, head.shape[1] + suffix.shape[1]), dtype=np.uint8)
+    table[:, :, : head.shape[1]] = head[:, None, :]
+    table[:, :, head.shape[1] :] = suffix[None, :, :]
+    lengths = (head_len[:, None] + suffix_len[None, :]).reshape(-1)
+    return table_views("ecid", table.reshape(len(wafer_ids) * plan.n, -1), lengths, die)
+
+
 def part_ids(plan: ProductPlan, n: int) -> pl.Series:
     """``"1"`` .. ``str(n)``: the PART_IDs of a run's parts (a slice of a cached column)."""
     cached = plan.extra.get("part_ids")
@@ -513,13 +566,19 @@ def sort_lot(
     shift_wt = lot_shift + wafer_shift
     # sigmas: float32 is plenty
     z = rng.standard_normal((W, N, T), dtype=np.float32, out=pool.empty((W, N, T), np.float32))
-    for w in range(W):  # wafer by wafer: the (N, T) terms stay in cache
-        zw = z[w]
-        zw += shift_wt[w]
-        zw += plan.site_mean
-        zw += np.multiply.outer(radial_term, rad_wt[w])
-        zw += np.multiply.outer(tilt[w], lin_wt[w])
-    z[:, :, plan.func_idx] = 0.0
+    z, v1 = wafer_values(
+        z,
+        shift_wt,
+        plan.site_mean,
+        radial_term,
+        rad_wt,
+        tilt,
+        lin_wt,
+        plan.is_func,
+        plan.sigma,
+        plan.nominal,
+        out=(z, pool.empty((W * N, T), np.float64)),
+    )
 
     def expected_z(die: np.ndarray, t: np.ndarray) -> np.ndarray:
         """Noise-free mean (sigmas) of lot die index ``die`` on test ``t``."""
@@ -562,7 +621,7 @@ def sort_lot(
     z2 = z.reshape(M, T)
     mode1 = mode.reshape(M)
     dc1 = dc_test.reshape(M)
-    v1 = _to_values(plan, z2, pool)
+    _log_and_functional(plan, v1)
     ff1 = _impose(plan, v1, mode1, dc1, rng)
     fail1, nexec1, pass1, sbin1, hbin1 = _evaluate(plan, v1, ff1, mode1, pool)
 
@@ -622,8 +681,10 @@ def sort_lot(
         """Final z of lot die ``die`` on test ``t`` (an index, or an array: die x tests)."""
         if not np.ndim(t):
             out = z2[die, t]
-        elif 4 * die.size > M:  # most of the lot: columns first
-            out = z2[:, t][die]
+        elif 4 * die.size > M:  # most of the lot: column by column
+            out = np.empty((die.size, len(t)), dtype=z2.dtype)
+            for j, tj in enumerate(np.asarray(t).tolist()):
+                out[:, j] = z2[die, tj]
         else:
             out = z2[die][:, t]
         in_r = pos_r[die] >= 0
@@ -709,11 +770,7 @@ def sort_lot(
             "retest_index": is_retest.astype(np.int16),
             "final": final_all,
         },
-    ).with_columns(
-        pl.concat_str(
-            [pl.lit(lot_id + ":"), pl.col("wafer_id"), plan.ecid_suffix.gather(k_of_row)]
-        ).alias("ecid")
-    )
+    ).with_columns(lot_ecids(plan, lot_id, wafer_ids, die_idx))
 
     # --- results -------------------------------------------------------------------------------
     # output order: parts by part_seq (first pass then retests, wafer by wafer), each part's
@@ -890,14 +947,16 @@ def sort_lot(
 
     # --- what goes to assembly ---------------------------------------------------------------
     good = np.flatnonzero(final_pass)
+    good_k = good % N
     goods = GoodDie(
-        key=(lot_index * MAX_WAFERS + slots[good // N] - 1).astype(np.int32),
-        x=plan.x[good % N],
-        y=plan.y[good % N],
-        ring=plan.ring[good % N],
+        key=(lot_index * MAX_WAFERS - 1 + slots.astype(np.int32))[good // N],
+        x=plan.x[good_k],
+        y=plan.y[good_k],
+        ring=plan.ring[good_k],
         latent=latent[good],
         latent_ft1=latent_ft1[good],
-        z_ft=z_final(good, plan.ft_idx).astype(np.float32),
+        z_ft=z_final(good, plan.ft_idx).astype(np.float32, copy=False),
+        k=good_k.astype(np.int32),
         ready=finish,
     )
     tables = {
