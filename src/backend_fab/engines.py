@@ -177,7 +177,7 @@ class DaskEngine(Engine):
                     n_workers=self.workers,
                     threads_per_worker=1,
                     processes=True,
-                    dashboard_address=None,
+                    dashboard_address=":0",  # any free port: never collide with another cluster
                     silence_logs=40,  # logging.ERROR: the batch writes its own structured logs
                 )
                 self._client = Client(self._cluster)
