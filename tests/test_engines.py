@@ -72,9 +72,18 @@ def test_dask_local_cluster_matches_local():
     tasks = [(i,) for i in range(5)] + [(-1,)]
     with open_engine("local") as eng:
         local = dict(eng.map_unordered(square_sum, tasks))
+    before = os.environ.get("NUMBA_NUM_THREADS"), os.environ.get("POLARS_MAX_THREADS")
     with open_engine("dask", workers=2) as eng:
         assert "LocalCluster" in eng.describe()
         dist = dict(eng.map_unordered(square_sum, tasks))
+        limits = {r for _, r in eng.map_unordered(thread_limits, [(1,), (2,)])}
+    # the worker processes share the cores instead of each using all of them
+    from backend_fab.engines import cpu_count
+
+    expected = str(max(1, cpu_count() // 2))
+    assert limits == {(expected, expected)}
+    # ...and this process keeps its own settings (numba refuses a thread count change)
+    assert (os.environ.get("NUMBA_NUM_THREADS"), os.environ.get("POLARS_MAX_THREADS")) == before
     assert {t: r[0] for t, r in dist.items() if not isinstance(r, TaskFailure)} == {
         t: r[0] for t, r in local.items() if not isinstance(r, TaskFailure)
     }
@@ -88,3 +97,19 @@ def test_dask_unreachable_scheduler_is_a_clear_error():
         from backend_fab.engines import DaskEngine
 
         DaskEngine(1, scheduler="tcp://127.0.0.1:9", timeout=2)
+
+
+def thread_limits(_task):
+    import os
+
+    return os.environ.get("POLARS_MAX_THREADS"), os.environ.get("NUMBA_NUM_THREADS")
+
+
+def test_worker_processes_share_the_cores_instead_of_oversubscribing():
+    from backend_fab.engines import cpu_count, worker_environment
+
+    expected = str(max(1, cpu_count() // 2))
+    assert worker_environment(2)["POLARS_MAX_THREADS"] == expected
+    with open_engine("process", workers=2) as eng:
+        got = {r for _, r in eng.map_unordered(thread_limits, [(1,), (2,)])}
+    assert got == {(expected, expected)}

@@ -77,6 +77,24 @@ def default_batch_size(
     return max(1, min(cap, math.ceil(n_items / (max(1, n_workers) * tasks_per_worker))))
 
 
+def worker_environment(workers: int) -> dict[str, str]:
+    """Thread limits for worker processes: the machine's CPUs shared among ``workers``, so that
+    polars, numba and BLAS thread pools in every worker do not oversubscribe the cores."""
+    threads = str(max(1, cpu_count() // max(1, workers)))
+    return {
+        "POLARS_MAX_THREADS": threads,
+        "NUMBA_NUM_THREADS": threads,
+        "OMP_NUM_THREADS": threads,
+        "OPENBLAS_NUM_THREADS": threads,
+        "MKL_NUM_THREADS": threads,
+    }
+
+
+def _init_worker(env: dict[str, str]) -> None:
+    # runs in a fresh spawn child before any task imports polars or numba
+    os.environ.update(env)
+
+
 class Engine:
     """Maps a function over tasks; use as a context manager (``with open_engine(...) as e``)."""
 
@@ -132,7 +150,10 @@ class ProcessEngine(Engine):
         from concurrent.futures import ProcessPoolExecutor
 
         self._pool = ProcessPoolExecutor(
-            max_workers=self.workers, mp_context=multiprocessing.get_context("spawn")
+            max_workers=self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(worker_environment(self.workers),),
         )
 
     def describe(self) -> str:
@@ -173,12 +194,15 @@ class DaskEngine(Engine):
             if scheduler:
                 self._client = Client(scheduler, timeout=f"{timeout}s")
             else:
+                # env= is applied inside each worker process only (the nanny's pre-spawn
+                # variables would also change this process's environment)
                 self._cluster = LocalCluster(
                     n_workers=self.workers,
                     threads_per_worker=1,
                     processes=True,
                     dashboard_address=":0",  # any free port: never collide with another cluster
-                    silence_logs=40,  # logging.ERROR: the batch writes its own structured logs
+                    silence_logs=40,  # logging.ERROR: the batch logs for itself
+                    env=worker_environment(self.workers),
                 )
                 self._client = Client(self._cluster)
         except (OSError, TimeoutError) as exc:
