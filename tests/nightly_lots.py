@@ -34,7 +34,7 @@ def lot_tables(
     fail_rate: float = 0.06,
     cluster: bool = False,
     run_suffix: str = "ws1",
-    retest_of: dict | None = None,
+    shuffle: int | None = None,
 ) -> dict[str, pl.DataFrame]:
     """The tables of one run of ``lot_id`` (deterministic for the lot id and ``index``)."""
     rng = np.random.default_rng(zlib.crc32(f"{lot_id}/{run_suffix}".encode()))
@@ -134,6 +134,9 @@ def lot_tables(
             "ingested_at": [start + timedelta(hours=2)],
         }
     )
+    if shuffle is not None:  # the same die in another row order (as a parallel reader may give)
+        order = np.random.default_rng(shuffle).permutation(die.height)
+        die = die[order]
     return {
         "runs": schema.conform("runs", runs),
         "wafers": schema.conform("wafers", wafers),

@@ -19,12 +19,20 @@ class EventLog:
     """Structured events for one batch run; ``progress(total)`` opens a bar (TTY only)."""
 
     def __init__(
-        self, *, quiet: bool = False, stream: IO[str] | None = None, tty: bool | None = None
+        self,
+        *,
+        quiet: bool = False,
+        stream: IO[str] | None = None,
+        tty: bool | None = None,
+        progress: bool | None = None,
     ):
+        """``quiet``: warnings and errors only; ``progress``: show the bar on a TTY (default:
+        unless quiet), e.g. a quiet log with a bar for a caller that prints its own summary."""
         self.stream = stream if stream is not None else sys.stderr
         self.tty = bool(tty if tty is not None else getattr(self.stream, "isatty", lambda: False)())
         self.min_level = LEVELS["warning"] if quiet else LEVELS["info"]
         self.quiet = quiet
+        self.show_progress = (not quiet) if progress is None else progress
         self._progress = None
         self._task = None
         self._console = None
@@ -79,7 +87,7 @@ class EventLog:
         return self._console
 
     def progress_start(self, total: int, description: str) -> None:
-        if not self.tty or self.quiet or total <= 0:
+        if not self.tty or not self.show_progress or total <= 0:
             return
         from rich.progress import (
             BarColumn,

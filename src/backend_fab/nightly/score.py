@@ -148,6 +148,7 @@ def load_lot(lake, lot_id: str, run_ids: list[str]) -> LotData:
     die = (
         lake.scan("die")
         .filter((pl.col("lot_id") == lot_id) & pl.col("run_id").is_in(run_ids))
+        .sort("run_id", "part_seq")
         .collect()
     )
     runs = lake.scan("runs").filter(pl.col("run_id").is_in(run_ids)).collect()
@@ -335,7 +336,12 @@ def syl_sbl(
     if prefix:
         runs = runs.filter(pl.col("insertion").fill_null("").str.starts_with(prefix))
     if data.product is None or runs.height == 0:
-        return empty, f"SYL/SBL not evaluated: no {prefix or 'tester'} run in this lot"
+        return empty, (
+            f"SYL/SBL not evaluated: they apply to {prefix}* runs ([scoring] limits_insertion) "
+            "and this lot has none"
+            if prefix
+            else "SYL/SBL not evaluated: no tester run in this lot"
+        )
     die = data.die.filter(pl.col("run_id").is_in(runs.get_column("run_id").to_list()))
     saved = (
         data.lake.scan("limits")
@@ -659,12 +665,15 @@ class LotScores:
 
             d = self.data
             mapped = d.die.filter(pl.col("x").is_not_null() & pl.col("wafer_id").is_not_null())
+            # sorted: the map analyses number wafers in order of appearance, and that order
+            # must not depend on the thread count or the engine
             final = (
                 bins.select_instances(
                     mapped.lazy(), "final", runs=d.runs.lazy(), pass_bins=_pass_bins(self.recipe)
                 )
                 .select(mapped.columns)
                 .with_columns(final=pl.lit(True))
+                .sort("wafer_id", "y", "x", "run_id", "part_seq")
                 .collect()
             )
             self._final_mapped = final
@@ -801,8 +810,10 @@ class LotScores:
         a = self.recipe.alarms
         self.stack = stacked_map(self.data, self.recipe)
         if self.stack.height:
+            # ties broken by position; q and p rounded so that last-bit differences of parallel
+            # sums (thread count, engine) do not reorder the evidence
             self.hot_spots = self.stack.filter(pl.col("significant").fill_null(False)).sort(
-                "q_value", "p_value", "y", "x"
+                pl.col("q_value").round_sig_figs(9), pl.col("p_value").round_sig_figs(9), "y", "x"
             )
         n_hot = self.hot_spots.height
         if n_hot:
