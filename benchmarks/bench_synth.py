@@ -6,14 +6,20 @@
 
 What is measured, in one process:
 
-* setup (apart from the steady state): scenario load and product plans (layouts, probe order,
-  neighbour tables; includes the scipy import of the ring computation);
-* the first wafer-sort lot on its own (first calls into polars and numpy's generators, and
-  numba's first dispatch of the synthetic-fab kernels, loaded from numba's cache when warm);
-* the whole fab, run by run (:meth:`SynthFab.iter_runs`): wall and CPU seconds of the wafer-sort
-  runs and of the assembly/final-test runs, wafer-sort die rows per second, results per second,
-  and the end-to-end die rate (every run included);
+* setup (apart): scenario load and product plans (layouts, probe order, neighbour tables;
+  includes the scipy import of the ring computation);
+* warm-up (apart): the first lot of each product, which includes the first calls into polars
+  and numpy's generators and numba's first dispatch of the synthetic-fab kernels (loaded from
+  numba's cache when warm);
+* wafer sort (:meth:`SynthFab.iter_runs` with ``back_end=False``): every WS1 run of the
+  scenario with all its tables and truth, with 1 generator thread and with the default threads
+  (the usable cores, at most 4): wafer-sort die per second, results per second;
+* the whole fab (wafer sort, assembly, FT1 and PBI), with 1 thread and the default threads:
+  wall and CPU seconds, wafer-sort die per second, and tested die per second (rows of the
+  ``die`` table of every tester insertion: a wafer-sort die, or a packaged unit at FT1 or PBI);
 * peak resident memory (``ru_maxrss``).
+
+Each pass consumes the runs one at a time and drops them, as a lake writer does.
 
 Anchors measured in the same run:
 
@@ -21,13 +27,10 @@ Anchors measured in the same run:
   decision) on one wafer of the same product: the speed-up of the vectorised generator;
 * ``floor``: numpy drawing the same number of standard normals as the wafer-sort values plus a
   bare polars frame of the same results rows: how close the generator runs to the cost of just
-  producing its random numbers and one output table (ratio = generator time / floor time);
+  producing its random numbers and one output table (ratio = generator time / floor time, 1
+  thread, CPU seconds);
 * ``rng``: numpy drawing as many float32 standard normals as the wafer-sort noise grids (wafers x
-  die x tests) and nothing else: the die rate these draws alone allow on this machine.
-
-The steady state includes each product's second lot, while the generator's buffer pool (see
-``backend_fab.synth._frames.BufferPool``) fills; ``--lots`` slices shorter than ~4 lots per
-product therefore understate it.
+  die x tests) and nothing else: the die rate these draws alone allow on one core.
 
 Figures depend on the machine's load: CPU seconds are printed next to wall seconds.
 """
@@ -118,12 +121,34 @@ def rng_seconds(n_normals: int) -> tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - c0
 
 
+def timed_pass(fab, workers: int, back_end: bool, plan_of: dict) -> dict:
+    """Consume every run of ``fab`` once (dropping each); wall/CPU seconds and row counts."""
+    n = {"ws_die": 0, "tested_die": 0, "results": 0, "ws_results": 0, "units": 0, "normals": 0}
+    t0, c0 = time.perf_counter(), time.process_time()
+    for run in fab.iter_runs(workers=workers, back_end=back_end):
+        insertion = run["runs"].item(0, "insertion")
+        if "die" in run:
+            n["tested_die"] += run["die"].height
+        n["results"] += run["results"].height if "results" in run else 0
+        n["units"] += run["units"].height if "units" in run else 0
+        if insertion == "WS1":
+            n["ws_die"] += run["die"].height
+            n["ws_results"] += run["results"].height
+            plan = plan_of[run["runs"].item(0, "product")]
+            n["normals"] += run["wafers"].height * plan.n * len(plan.tests)  # the z grid
+        del run
+    return {"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0, **n}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="the ci scenario (seconds)")
     ap.add_argument("--scenario", default="bench-day", help="packaged scenario name or TOML path")
     ap.add_argument(
         "--lots", type=int, default=None, help="generate only the first N lots of each product"
+    )
+    ap.add_argument(
+        "--workers", type=int, default=None, help="generator threads (default: cores, at most 4)"
     )
     ap.add_argument("--json", type=Path, help="also write the figures as JSON here")
     args = ap.parse_args(argv)
@@ -134,7 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine()}")
     c0, t0 = time.process_time(), time.perf_counter()
     from backend_fab.synth import generate_fab, load_scenario
+    from backend_fab.synth.generator import default_workers
 
+    workers = args.workers or default_workers()
     loaded = load_scenario(scenario)
     if args.lots is not None:
         products = tuple(
@@ -148,93 +175,73 @@ def main(argv: list[str] | None = None) -> int:
         f"setup (imports, scenario, {len(plans)} product plan(s)): {setup_s:.2f} s wall, "
         f"{time.process_time() - c0:.2f} s CPU"
     )
-
-    stats = {
-        "ws": {"wall": 0.0, "cpu": 0.0, "runs": 0, "die": 0, "results": 0, "normals": 0},
-        "back_end": {"wall": 0.0, "cpu": 0.0, "runs": 0, "units": 0, "results": 0},
-    }
-    first_lot = None
     plan_of = {plan.config.name: plan for plan in plans}
-    it = fab.iter_runs()
-    t_all, c_all = time.perf_counter(), time.process_time()
-    while True:
-        t1, c1 = time.perf_counter(), time.process_time()
-        try:
-            run = next(it)
-        except StopIteration:
-            break
-        wall, cpu = time.perf_counter() - t1, time.process_time() - c1
-        insertion = run["runs"].item(0, "insertion")
-        if insertion == "WS1" and first_lot is None:
-            first_lot = {"wall": wall, "cpu": cpu, "die": run["die"].height}
-            continue  # reported on its own, kept out of the steady state
-        key = "ws" if insertion == "WS1" else "back_end"
-        s = stats[key]
-        s["wall"] += wall
-        s["cpu"] += cpu
-        s["runs"] += 1
-        s["results"] += run["results"].height if "results" in run else 0
-        if key == "ws":
-            s["die"] += run["die"].height
-            plan = plan_of[run["runs"].item(0, "product")]
-            s["normals"] += run["wafers"].height * plan.n * len(plan.tests)  # the z grid
-        elif "units" in run:
-            s["units"] += run["units"].height
-    total_wall = time.perf_counter() - t_all
-    total_cpu = time.process_time() - c_all
-    all_die = stats["ws"]["die"] + first_lot["die"]
-    ws = stats["ws"]
-    print(
-        f"first wafer-sort lot: {first_lot['die']:,} die rows in {first_lot['wall']:.2f} s wall "
-        f"({first_lot['cpu']:.2f} s CPU)"
+
+    # warm-up: the first lot of each product (first calls, numba dispatch), reported apart
+    first = dataclasses.replace(
+        loaded, products=tuple(dataclasses.replace(p, lots=1) for p in loaded.products)
     )
-    if ws["runs"]:
-        print(
-            f"wafer sort, steady state: {ws['runs']} lots, {ws['die']:,} die rows, "
-            f"{ws['results']:,} results in {ws['wall']:.2f} s wall / {ws['cpu']:.2f} s CPU -> "
-            f"{ws['die'] / ws['wall']:,.0f} die/s wall, {ws['die'] / ws['cpu']:,.0f} die/s CPU, "
-            f"{ws['results'] / ws['wall']:,.0f} results/s wall"
-        )
-    be = stats["back_end"]
+    warm = timed_pass(generate_fab(first), 1, False, plan_of)
     print(
-        f"assembly + final test: {be['runs']} runs, {be['units']:,} unit rows in {be['wall']:.2f} s "
-        f"wall / {be['cpu']:.2f} s CPU"
-    )
-    print(
-        f"whole fab: {all_die:,} wafer-sort die rows in {total_wall:.2f} s wall / {total_cpu:.2f} s "
-        f"CPU -> {all_die / total_wall:,.0f} die/s end to end (wall), "
-        f"{all_die / total_cpu:,.0f} die/s (CPU)"
+        f"warm-up (first lot of each product, 1 thread): {warm['ws_die']:,} die rows in "
+        f"{warm['wall']:.2f} s wall ({warm['cpu']:.2f} s CPU)"
     )
 
-    # anchors: ratios use CPU seconds of the same process (robust to other load on the machine)
+    passes = {}
+    for label, back_end in (("wafer sort", False), ("whole fab", True)):
+        for w in dict.fromkeys((1, workers)):
+            r = passes[(label, w)] = timed_pass(generate_fab(loaded), w, back_end, plan_of)
+            line = (
+                f"{label}, {w} thread(s): {r['wall']:.2f} s wall / {r['cpu']:.2f} s CPU -> "
+                f"{r['ws_die'] / r['wall']:,.0f} wafer-sort die/s wall "
+                f"({r['ws_die'] / r['cpu']:,.0f}/s CPU)"
+            )
+            if back_end:
+                line += (
+                    f", {r['tested_die'] / r['wall']:,.0f} tested die/s wall "
+                    f"({r['tested_die']:,} die rows: {r['ws_die']:,} wafer-sort die + "
+                    f"{r['tested_die'] - r['ws_die']:,} FT1/PBI units)"
+                )
+            else:
+                line += (
+                    f", {r['results'] / r['wall']:,.0f} results/s wall ({r['ws_die']:,} die "
+                    f"rows, {r['results']:,} results)"
+                )
+            print(line)
+    ws1 = passes[("wafer sort", 1)]
+    wsn = passes[("wafer sort", workers)]
+    fab1 = passes[("whole fab", 1)]
+    fabn = passes[("whole fab", workers)]
+    if workers > 1:
+        print(
+            f"threads: wafer sort {ws1['wall'] / wsn['wall']:.2f}x, whole fab "
+            f"{fab1['wall'] / fabn['wall']:.2f}x faster with {workers} than with 1 (wall)"
+        )
+
+    # anchors: ratios use CPU seconds of the 1-thread passes (robust to other load)
     plan = plans[0]
     n_naive, t_naive, c_naive = naive_wafer(plan, random.Random(1))
-    steady = ws if ws["runs"] else {**first_lot, "results": 0}
-    gen_cpu_rate = steady["die"] / steady["cpu"]
+    gen_cpu_rate = ws1["ws_die"] / ws1["cpu"]
     print(
         f"anchor naive (per-die Python loop, 1 wafer of {plan.config.name}, values and bins only): "
         f"{n_naive / c_naive:,.0f} die/s CPU ({n_naive / t_naive:,.0f} wall) -> the vectorised "
-        f"generator is {gen_cpu_rate / (n_naive / c_naive):,.1f}x faster (CPU) while also "
-        f"writing every table and the truth"
+        f"generator is {gen_cpu_rate / (n_naive / c_naive):,.1f}x faster (CPU, 1 thread) while "
+        f"also writing every table and the truth"
     )
-    floor = None
-    if steady["results"]:
-        floor = floor_seconds(steady["results"])
-        print(
-            f"anchor floor (numpy normals + a bare 3-column frame for {steady['results']:,} "
-            f"results): {floor[1]:.2f} s CPU ({floor[0]:.2f} s wall) -> generator / floor = "
-            f"{steady['cpu'] / floor[1]:.1f}x (CPU)"
-        )
-    rng_floor = None
-    if ws["runs"]:
-        wall_s, cpu_s = rng_seconds(ws["normals"])
-        rng_floor = (wall_s, max(cpu_s, 1e-9))
-        print(
-            f"anchor rng (numpy float32 standard normals, as many as the wafer-sort noise grids: "
-            f"{ws['normals']:,}): {rng_floor[1]:.2f} s CPU ({rng_floor[0]:.2f} s wall) -> these "
-            f"draws alone cap wafer sort at {ws['die'] / rng_floor[1]:,.0f} die/s (CPU); "
-            f"generator / rng = {ws['cpu'] / rng_floor[1]:.1f}x (CPU)"
-        )
+    floor = floor_seconds(ws1["results"])
+    print(
+        f"anchor floor (numpy normals + a bare 3-column frame for {ws1['results']:,} "
+        f"results): {floor[1]:.2f} s CPU ({floor[0]:.2f} s wall) -> wafer sort / floor = "
+        f"{ws1['cpu'] / floor[1]:.1f}x (CPU, 1 thread)"
+    )
+    wall_s, cpu_s = rng_seconds(ws1["normals"])
+    rng_floor = (wall_s, max(cpu_s, 1e-9))
+    print(
+        f"anchor rng (numpy float32 standard normals, as many as the wafer-sort noise grids: "
+        f"{ws1['normals']:,}): {rng_floor[1]:.2f} s CPU ({rng_floor[0]:.2f} s wall) -> these "
+        f"draws alone cap one core at {ws1['ws_die'] / rng_floor[1]:,.0f} die/s; wafer sort / "
+        f"rng = {ws1['cpu'] / rng_floor[1]:.1f}x (CPU, 1 thread)"
+    )
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS {rss:,.0f} MB")
     if args.json:
@@ -244,15 +251,16 @@ def main(argv: list[str] | None = None) -> int:
                     "machine": machine(),
                     "scenario": scenario,
                     "lots_per_product": args.lots,
+                    "workers": workers,
                     "setup_s": setup_s,
-                    "first_lot": first_lot,
-                    "steady": stats,
-                    "total_wall_s": total_wall,
-                    "total_cpu_s": total_cpu,
-                    "die": all_die,
-                    "die_per_s_wall": all_die / total_wall,
-                    "naive_die_per_s_cpu": n_naive / c_naive,
+                    "warm_up": warm,
+                    "passes": {f"{label}/{w}": r for (label, w), r in passes.items()},
+                    "die": fabn["ws_die"],
+                    "die_per_s_wall": fabn["ws_die"] / fabn["wall"],
+                    "tested_die_per_s_wall": fabn["tested_die"] / fabn["wall"],
+                    "ws_die_per_s_wall": wsn["ws_die"] / wsn["wall"],
                     "ws_die_per_s_cpu": gen_cpu_rate,
+                    "naive_die_per_s_cpu": n_naive / c_naive,
                     "floor_s": floor,
                     "rng_s": rng_floor,
                     "peak_rss_mb": rss,

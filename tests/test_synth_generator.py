@@ -56,6 +56,51 @@ def test_same_seed_gives_the_same_bytes_and_another_seed_does_not(fab):
     assert not other["results"]["value"].equals(first["results"]["value"])
 
 
+def _synth_threads() -> list[str]:
+    import threading
+
+    return [t.name for t in threading.enumerate() if t.name.startswith("backend-fab-synth")]
+
+
+def test_runs_and_bytes_do_not_depend_on_the_generator_threads(fab):
+    kept = _digest(fab.runs)
+    for workers in (1, 3):
+        assert _digest(generate_fab("ci").iter_runs(workers=workers)) == kept, workers
+    # wafer sort alone: exactly the WS1 runs of the whole fab, whatever the threads
+    ws = [run for run in fab.runs if run["runs"].item(0, "insertion") == "WS1"]
+    for workers in (1, 2):
+        only = list(generate_fab("ci").iter_runs(workers=workers, back_end=False))
+        assert _digest(only) == _digest(ws)
+    assert _digest(fab.iter_runs(back_end=False)) == _digest(ws)  # from the kept runs
+    with pytest.raises(ValueError, match="workers"):
+        next(generate_fab("ci").iter_runs(workers=0))
+
+
+def test_a_failing_lot_is_raised_to_the_consumer_and_no_thread_is_left(monkeypatch):
+    import backend_fab.synth.generator as gen
+
+    real = gen.sort_lot
+
+    def failing(plan, **kw):
+        if kw["lot_index"] == 1:
+            raise RuntimeError(f"planted failure in {kw['lot_id']}")
+        return real(plan, **kw)
+
+    monkeypatch.setattr(gen, "sort_lot", failing)
+    seen = []
+    with pytest.raises(RuntimeError, match="planted failure in AXL0002"):
+        for run in generate_fab("ci").iter_runs(workers=2):
+            seen.append(run["runs"].item(0, "insertion"))
+    assert seen[0] == "WS1"  # the runs before the failure came out, in order
+    assert _synth_threads() == []
+    # a consumer that stops early: the threads stop with the iterator
+    monkeypatch.setattr(gen, "sort_lot", real)
+    it = generate_fab("ci").iter_runs(workers=2)
+    next(it)
+    it.close()
+    assert _synth_threads() == []
+
+
 def test_every_table_conforms_to_its_schema_and_carries_its_run_id(fab):
     seen = set()
     for run in fab.runs:

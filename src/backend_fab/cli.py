@@ -56,12 +56,24 @@ def synth(
     ),
     seed: Annotated[int | None, typer.Option(help="Override the scenario's seed.")] = None,
     stdf: Annotated[bool, typer.Option(help="Also write the tester data as STDF files.")] = True,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Threads generating runs ahead of the writer (default: the cores, at most 4); "
+            "the output does not depend on it.",
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
     """Generate a synthetic fab with ground truth (deterministic for a seed)."""
     from backend_fab.synth.cli import synth_command
 
-    raise typer.Exit(synth_command(scenario=scenario, out=out, seed=seed, stdf=stdf, quiet=quiet))
+    raise typer.Exit(
+        synth_command(
+            scenario=scenario, out=out, seed=seed, stdf=stdf, workers=workers, quiet=quiet
+        )
+    )
 
 
 @app.command()

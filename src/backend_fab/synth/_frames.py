@@ -120,30 +120,40 @@ def column(name: str, value, dtype: pl.DataType, n: int) -> pl.Series:
     return s
 
 
+#: Frames up to this many rows get their scalar columns materialised (see :func:`build`).
+SMALL_FRAME_ROWS = 1 << 18
+
+
 def build(table: str, n: int, cols: dict) -> pl.DataFrame:
     """A frame of ``n`` rows with exactly the columns of ``table`` (absent ones null).
 
-    Scalars (and absent columns) become polars scalar columns: a broadcast literal that is not
-    materialised row by row until a consumer needs it (a run_id repeated over millions of result
-    rows would otherwise cost 16 bytes a row).
+    In a large frame, scalars (and absent columns) become polars scalar columns: a broadcast
+    literal that is not materialised row by row until a consumer needs it (a run_id repeated
+    over millions of result rows would otherwise cost 16 bytes a row). A small frame (at most
+    :data:`SMALL_FRAME_ROWS` rows) gets them as plain columns sharing one value buffer: that
+    skips the expression engine, whose fixed cost per call is larger than such a frame.
     """
     spec = polars_schema(table)
     unknown = set(cols) - set(spec)
     if unknown:
         raise ValueError(f"table {table!r} has no column(s) {sorted(unknown)}")
-    series, scalars = [], []
+    small = n <= SMALL_FRAME_ROWS
+    series, exprs, scalars = [], [], False
     for name, dtype in spec.items():
         value = cols.get(name)
         if isinstance(value, pl.Series | np.ndarray | list | tuple):
             series.append(column(name, value, dtype, n))
+            exprs.append(pl.col(name))
+        elif small:
+            series.append(const(name, value, dtype, n))
         else:
-            scalars.append(pl.lit(_utc(value), dtype=dtype).alias(name))
+            exprs.append(pl.lit(_utc(value), dtype=dtype).alias(name))
+            scalars = True
+    if not scalars:
+        return pl.DataFrame(series)
     if not series:
-        series = [pl.Series("__rows", np.zeros(n, dtype=np.int8))]
-    frame = pl.DataFrame(series)
-    if scalars:
-        frame = frame.with_columns(scalars)
-    return frame.select(list(spec))
+        return pl.DataFrame({"__rows": np.zeros(n, dtype=np.int8)}).select(exprs)
+    return pl.DataFrame(series).select(exprs)
 
 
 def from_rows(table: str, rows: list[dict]) -> pl.DataFrame:

@@ -109,7 +109,7 @@ def assemble(
     assembly_index: int,
     seed: int,
     run_ids: dict[str, str],
-    split_wafers: set[int],
+    split_wafers: frozenset[int] | set[int],
     pool: BufferPool | None = None,
 ) -> AssemblyOutput:
     """Assembly, FT1 and (with burn-in) PBI of one assembly lot made of ``die``.

@@ -51,9 +51,11 @@ def synth_command(
     seed: int | None = None,
     stdf: bool = True,
     quiet: bool = False,
+    workers: int | None = None,
 ) -> int:
     """Generate ``scenario`` into ``out`` (lake, STDF and assembly files, truth). Returns 0.
 
+    ``workers``: generator threads (:meth:`SynthFab.iter_runs`; the output does not depend on it).
     Raises :class:`~backend_fab.errors.ScenarioError` for an unknown or invalid scenario (the
     CLI turns it into exit code 2).
     """
@@ -93,7 +95,7 @@ def synth_command(
         progress.start()
         task = progress.add_task(fab.scenario.name, total=total)
     try:
-        for run in fab.iter_runs():
+        for run in fab.iter_runs(workers=workers):
             row = run["runs"].row(0, named=True)
             insertion, lot = row["insertion"], row["lot_id"]
             res = lake.add_run(run)

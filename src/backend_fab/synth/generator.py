@@ -23,7 +23,11 @@ one at a time (:meth:`SynthFab.iter_runs`), in constant memory per run.
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
@@ -66,6 +70,30 @@ RUN_TABLES = (
 )
 
 Progress = Callable[[str, dict[str, pl.DataFrame]], None]
+
+
+def default_workers() -> int:
+    """Threads for :meth:`SynthFab.iter_runs`: the cores this process may use, at most 4."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))
+
+
+class _Inline:
+    """An executor that runs each task at once in the calling thread (``workers=1``)."""
+
+    def submit(self, fn, *args) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # handed to the caller by result(), as a pool would
+            future.set_exception(exc)
+        return future
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        pass
 
 
 def synth_run_id(scenario: Scenario, product: str, lot_id: str, insertion: str) -> str:
@@ -127,63 +155,114 @@ class SynthFab:
         step = timedelta(minutes=self.scenario.lot_interval_minutes)
         return {(pi, li): self.scenario.start + k * step for k, (li, pi) in enumerate(order)}
 
-    def iter_runs(self, progress: Progress | None = None) -> Iterator[dict[str, pl.DataFrame]]:
+    def iter_runs(
+        self,
+        progress: Progress | None = None,
+        workers: int | None = None,
+        back_end: bool = True,
+    ) -> Iterator[dict[str, pl.DataFrame]]:
         """Generate the runs one at a time (a WS1 run per fab lot; ASSEMBLY, FT1, PBI per assembly
         lot as soon as enough good die have left wafer sort).
 
-        The runs of one iteration share a buffer pool: the memory of a run's big columns is used
-        again once the consumer has let go of every frame of that run (handling runs one at a
-        time, as :meth:`write_lake` does, is the fast path; keeping them all is safe, only
-        slower)."""
-        if self._runs is not None:
-            yield from self._runs
-            return
-        starts = self._lot_starts()
-        pool = BufferPool()  # recycles a run's big buffers once the consumer lets it go
-        for plan in self.plans:
-            p = plan.config
-            buffer: list[GoodDie] = []
-            split: set[int] = set()
-            asm_index = 0
+        ``back_end=False``: wafer sort only (the WS1 runs, identical to those of the whole fab).
 
-            for li, lot_id in enumerate(self.lot_ids(p.name)):
-                res = sort_lot(
-                    plan,
-                    lot_id=lot_id,
-                    run_id=synth_run_id(self.scenario, p.name, lot_id, "WS1"),
-                    seed=self.seed,
-                    lot_index=li,
-                    start=starts[(plan.index, li)],
-                    pool=pool,
-                )
+        ``workers``: threads that generate runs ahead of the consumer (default: the usable cores,
+        at most 4; 1 = everything in the calling thread). The runs, their order and their bytes
+        do not depend on it: every lot and assembly lot draws from its own seeded generator, and
+        the heavy steps (numpy, numba kernels, polars) release the GIL, so the threads overlap.
+        At most ``workers`` wafer-sort lots are generated ahead, which bounds the memory.
+
+        Each thread recycles the big buffers of the runs it made once the consumer has let go of
+        every frame of that run (handling runs one at a time, as :meth:`write_lake` does, is the
+        fast path; keeping them all is safe, only slower)."""
+        if self._runs is not None:
+            for run in self._runs:
+                if back_end or run["runs"].item(0, "insertion") == "WS1":
+                    yield run
+            return
+        workers = default_workers() if workers is None else int(workers)
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, not {workers}")
+        local = threading.local()
+
+        def pool() -> BufferPool:
+            # one pool per thread: a pool is not thread-safe, and a thread re-uses its own buffers
+            if not hasattr(local, "pool"):
+                local.pool = BufferPool()
+            return local.pool
+
+        starts = self._lot_starts()
+        lots = [
+            (plan, li, lot_id)
+            for plan in self.plans
+            for li, lot_id in enumerate(self.lot_ids(plan.config.name))
+        ]
+
+        def sort(plan: ProductPlan, li: int, lot_id: str):
+            return sort_lot(
+                plan,
+                lot_id=lot_id,
+                run_id=synth_run_id(self.scenario, plan.config.name, lot_id, "WS1"),
+                seed=self.seed,
+                lot_index=li,
+                start=starts[(plan.index, li)],
+                pool=pool(),
+            )
+
+        def assemble_lot(plan: ProductPlan, batch: GoodDie, asm_index: int, split: frozenset):
+            return self._assemble(plan, batch, asm_index, split, pool())
+
+        executor = _Inline() if workers == 1 else ThreadPoolExecutor(workers, "backend-fab-synth")
+        ahead: deque = deque()  # wafer-sort lots submitted, in order
+        try:
+            state: dict[int, tuple[list[GoodDie], set[int], int]] = {}
+            for i, (plan, _, _) in enumerate(lots):
+                while len(ahead) < workers and i + len(ahead) < len(lots):
+                    ahead.append(executor.submit(sort, *lots[i + len(ahead)]))
+                res = ahead.popleft().result()
                 if progress:
                     progress("WS1", res.tables)
                 yield res.tables
+                if not back_end:
+                    continue
+
+                p = plan.config
+                buffer, split, asm_index = state.get(plan.index, ([], set(), 0))
                 buffer.append(res.good)
                 good = GoodDie.concat(buffer)
-                pos = 0
-                size = p.assembly_lot_size
+                pos, size = 0, p.assembly_lot_size
+                batches = []
                 while good.size - pos >= size:
                     cut = pos + size
                     if cut < good.size and good.key[cut - 1] == good.key[cut]:
                         split.add(int(good.key[cut]))
-                    for run in self._assemble(
-                        plan, good.take(slice(pos, pos + size)), asm_index, split, pool
-                    ):
-                        if progress:
-                            progress(run["runs"].item(0, "insertion"), run)
-                        yield run
+                    # the split wafers known when this batch is cut, as the batch saw them
+                    batches.append((good.take(slice(pos, cut)), asm_index, frozenset(split)))
                     asm_index += 1
                     pos += size
                 buffer = [good.take(slice(pos, None))] if pos < good.size else []
-            if buffer and sum(b.size for b in buffer):
-                for run in self._assemble(plan, GoodDie.concat(buffer), asm_index, split, pool):
-                    if progress:
-                        progress(run["runs"].item(0, "insertion"), run)
-                    yield run
+                last_lot = i + 1 == len(lots) or lots[i + 1][0] is not plan
+                if last_lot and buffer and buffer[0].size:
+                    batches.append((GoodDie.concat(buffer), asm_index, frozenset(split)))
+                    buffer, asm_index = [], asm_index + 1
+                state[plan.index] = (buffer, split, asm_index)
+                for future in [executor.submit(assemble_lot, plan, *b) for b in batches]:
+                    for run in future.result():
+                        if progress:
+                            progress(run["runs"].item(0, "insertion"), run)
+                        yield run
+        finally:
+            for future in ahead:
+                future.cancel()
+            executor.shutdown(wait=True, cancel_futures=True)
 
     def _assemble(
-        self, plan: ProductPlan, batch: GoodDie, asm_index: int, split: set[int], pool: BufferPool
+        self,
+        plan: ProductPlan,
+        batch: GoodDie,
+        asm_index: int,
+        split: frozenset[int],
+        pool: BufferPool,
     ) -> list[dict[str, pl.DataFrame]]:
         """ASSEMBLY, FT1 (and PBI) runs of the ``asm_index``-th assembly lot of a product."""
         p = plan.config
@@ -223,9 +302,12 @@ class SynthFab:
             return pl.concat(frames)
         return pl.concat(frames, how="vertical")
 
-    def write_lake(self, lake, progress: Progress | None = None) -> list:
+    def write_lake(
+        self, lake, progress: Progress | None = None, workers: int | None = None
+    ) -> list:
         """Write the layouts and every run to ``lake`` (a :class:`~backend_fab.lake.Lake` or a
         path); returns the :class:`AddResult` of each run. Idempotent: a second call adds nothing.
+        ``workers``: generator threads (see :meth:`iter_runs`).
         """
         if isinstance(lake, str | Path):
             from backend_fab.lake import Lake
@@ -233,7 +315,7 @@ class SynthFab:
             lake = Lake(lake)
         lake.merge("layouts", self.layouts_frame())
         results = []
-        for run in self.iter_runs():
+        for run in self.iter_runs(workers=workers):
             results.append(lake.add_run(run))
             if progress:
                 progress(run["runs"].item(0, "insertion"), run)
