@@ -25,9 +25,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -46,17 +44,11 @@ from backend_fab.io.maps import (
     write_g85,
 )
 from backend_fab.layout import Layout
+from backend_fab.machine import describe
 
 
 def machine() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = next(
-            line.split(":", 1)[1].strip() for line in out.splitlines() if "Model name" in line
-        )
-    except Exception:
-        model = platform.processor() or "unknown CPU"
-    return f"{model}; Python {platform.python_version()}; polars {pl.__version__}"
+    return describe(("polars",))
 
 
 def timed(fn, repeat: int) -> tuple[float, object]:

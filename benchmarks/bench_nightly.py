@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import subprocess
 import sys
@@ -33,6 +32,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from backend_fab.machine import describe
 
 GOAL_SECONDS = 300.0
 
@@ -99,17 +100,7 @@ class PeakRSS:
 
 
 def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    from backend_fab.engines import cpu_count
-
-    return f"{model}, {cpu_count()} cores, Python {platform.python_version()}"
+    return describe(("numpy", "polars", "numba", "deltalake", "dask"))
 
 
 def write_day(scenario, folder: Path) -> tuple[list[Path], dict, float]:

@@ -25,31 +25,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 
 import numpy as np
 import polars as pl
 
+from backend_fab.machine import describe
+
 
 def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (
-        f"{model}, {os.cpu_count()} cores, load average {load:.1f}, "
-        f"Python {platform.python_version()}, polars {pl.__version__}"
-    )
+    return describe(("numpy", "polars", "numba"))
 
 
 def make_lot(n_wafers: int, radius: int, n_tests: int, seed: int = 0) -> dict[str, pl.DataFrame]:

@@ -29,30 +29,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from backend_fab.machine import describe
+
 REPO = Path(__file__).resolve().parents[1]
 GOAL_WAFERS_PER_S = 1000.0
 
 
 def machine() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        model = next(
-            (ln.split(":", 1)[1].strip() for ln in out.splitlines() if "Model name" in ln), "?"
-        )
-    except OSError:
-        model = platform.processor() or "?"
-    import os
-
-    return f"{os.cpu_count()} cores, {model}, Python {platform.python_version()}"
+    return describe(("numpy", "numba", "scikit-learn"))
 
 
 def disc(n: int) -> tuple[np.ndarray, np.ndarray]:

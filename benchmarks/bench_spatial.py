@@ -30,30 +30,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from backend_fab.machine import describe
+
 KERNEL_TESTS = Path(__file__).resolve().parents[1] / "kernels" / "tests"
 
 
 def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return f"{model}, {os.cpu_count()} cores, load average {load:.1f}, Python {platform.python_version()}"
+    return describe(("numpy", "numba", "scipy", "scikit-learn"))
 
 
 def disk_grid(radius: float, n_wafers: int, p: float, seed: int) -> np.ndarray:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import resource
 import struct
@@ -34,6 +33,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from backend_fab.machine import describe
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "stdf"
 
@@ -241,14 +242,7 @@ def _pystdf_parse(path: Path) -> int:
 
 
 def machine() -> str:
-    model = platform.processor() or "?"
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    return describe(("numpy", "polars", "numba", "pystdf", "stdf-convert"))
 
 
 def _decompressed(path: Path, folder: Path) -> Path:

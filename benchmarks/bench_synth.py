@@ -40,11 +40,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
 import random
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -52,18 +49,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from backend_fab.machine import describe
+
 
 def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return f"{model}, {os.cpu_count()} cores, load average {load:.1f}, Python {platform.python_version()}"
+    return describe(("numpy", "polars", "numba"))
 
 
 def naive_wafer(plan, rng: random.Random) -> tuple[int, float, float]:

@@ -78,7 +78,7 @@ def test_dask_local_cluster_matches_local():
         dist = dict(eng.map_unordered(square_sum, tasks))
         limits = {r for _, r in eng.map_unordered(thread_limits, [(1,), (2,)])}
     # the worker processes share the cores instead of each using all of them
-    from backend_fab.engines import cpu_count
+    from backend_fab.machine import cpu_count
 
     expected = str(max(1, cpu_count() // 2))
     assert limits == {(expected, expected)}
@@ -106,7 +106,8 @@ def thread_limits(_task):
 
 
 def test_worker_processes_share_the_cores_instead_of_oversubscribing():
-    from backend_fab.engines import cpu_count, worker_environment
+    from backend_fab.engines import worker_environment
+    from backend_fab.machine import cpu_count
 
     expected = str(max(1, cpu_count() // 2))
     assert worker_environment(2)["POLARS_MAX_THREADS"] == expected

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from backend_fab.errors import NightlyError
+from backend_fab.machine import cpu_count
 
 ENGINES = ("local", "process", "dask")
 
@@ -269,11 +270,3 @@ def open_engine(name: str, *, workers: int = 2, scheduler: str | None = None) ->
     if name == "process":
         return ProcessEngine(workers)
     return DaskEngine(workers, scheduler)
-
-
-def cpu_count() -> int:
-    """CPUs this process may use (the affinity mask, not the machine's total)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1

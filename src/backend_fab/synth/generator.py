@@ -23,7 +23,6 @@ one at a time (:meth:`SynthFab.iter_runs`), in constant memory per run.
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -36,6 +35,7 @@ import polars as pl
 
 from backend_fab import schema
 from backend_fab.layout import Layout
+from backend_fab.machine import cpu_count
 from backend_fab.synth import truth as _truth  # noqa: F401  (registers the truth tables)
 from backend_fab.synth._frames import BufferPool
 from backend_fab.synth.assembly import assemble
@@ -74,11 +74,7 @@ Progress = Callable[[str, dict[str, pl.DataFrame]], None]
 
 def default_workers() -> int:
     """Threads for :meth:`SynthFab.iter_runs`: the cores this process may use, at most 4."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(4, cores))
+    return max(1, min(4, cpu_count()))
 
 
 class _Inline:
