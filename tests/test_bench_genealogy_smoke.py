@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_genealogy.py"
+from helpers import run_bench
 
 
 def test_bench_genealogy_smoke(tmp_path):
-    out = tmp_path / "bench_genealogy.json"
-    done = subprocess.run(
-        [sys.executable, str(BENCH), "--smoke", "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "E142 read" in done.stdout and "GDBN neighbour weights" in done.stdout
-    figures = json.loads(out.read_text())
+    printed, figures = run_bench("genealogy", tmp_path, timeout=300)
+    assert "E142 read" in printed and "GDBN neighbour weights" in printed
     assert figures["maps"]["die"] > 0 and figures["trace"]["units"] == 2000
     assert figures["strips"]["units"] > 0

@@ -2,28 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
-import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_pat.py"
+from helpers import run_bench
 
 
-@pytest.mark.timeout(300)
 def test_bench_pat_smoke(tmp_path):
-    out = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [sys.executable, str(BENCH), "--smoke", "--json", str(out)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "anchor: plain polars robust DPAT" in proc.stdout
-    rows = json.loads(out.read_text())["rows"]
+    printed, figures = run_bench("pat", tmp_path, timeout=300)
+    assert "anchor: plain polars robust DPAT" in printed
+    rows = figures["rows"]
     assert [r["what"] for r in rows] == [
         "anchor: plain polars robust DPAT",
         "run_pat, default recipe",

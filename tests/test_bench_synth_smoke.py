@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
-import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_synth.py"
+from helpers import run_bench
 
 
-@pytest.mark.timeout(300)
 def test_bench_synth_smoke(tmp_path):
-    out = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [sys.executable, str(BENCH), "--smoke", "--json", str(out)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "die/s" in proc.stdout and "anchor naive" in proc.stdout
-    figures = json.loads(out.read_text())
-    assert figures["scenario"] == "ci"
-    assert figures["die"] > 20_000 and figures["die_per_s_wall"] > 0
+    printed, figures = run_bench("synth", tmp_path, timeout=300)
+    assert "wafer-sort die/s" in printed and "tested die/s" in printed
+    assert "anchor naive" in printed and "anchor floor" in printed
+    assert figures["scenario"] == "ci" and figures["workers"] >= 1
+    passes = figures["passes"]
+    workers = figures["workers"]
+    for label in ("wafer sort", "whole fab"):
+        assert passes[f"{label}/1"]["ws_die"] == passes[f"{label}/{workers}"]["ws_die"] > 20_000
+    # the whole fab also tests the packaged units, twice (FT1 and PBI)
+    assert passes["whole fab/1"]["tested_die"] > passes["whole fab/1"]["ws_die"]
+    assert figures["die_per_s_wall"] > 0 and figures["tested_die_per_s_wall"] > 0
     assert figures["naive_die_per_s_cpu"] > 0 and figures["ws_die_per_s_cpu"] > 0

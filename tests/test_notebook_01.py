@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from pathlib import Path
 
 import nbformat
+from helpers import NOTEBOOKS, assert_stored_without_outputs, run_notebook
 from yield_fixtures import ci_lake
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOK = NOTEBOOKS / "01-yield-bins-pat.ipynb"
 
 
@@ -26,34 +25,20 @@ def test_notebook_is_what_the_script_writes(tmp_path):
     out = tmp_path / "nb.ipynb"
     _builder().main([str(out)])
     assert nbformat.read(out, as_version=4) == nbformat.read(NOTEBOOK, as_version=4)
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
+    assert_stored_without_outputs(NOTEBOOK)
 
 
 def test_notebook_runs_on_the_ci_fab(tmp_path, monkeypatch):
-    from nbclient import NotebookClient
+    import shutil
 
     lake = ci_lake()
     # the notebook writes limits and dispositions: give it its own copy of the lake
-    import shutil
-
     copy = tmp_path / "lake"
     shutil.copytree(lake.path, copy)
     monkeypatch.setenv("BACKEND_FAB_LAKE", str(copy))
     monkeypatch.setenv("MPLBACKEND", "Agg")
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = NotebookClient(
-        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
-    )
-    client.execute()
-    images = sum(
-        1
-        for c in nb.cells
-        if c.cell_type == "code"
-        for o in c.get("outputs", [])
-        if "image/png" in o.get("data", {})
-    )
+    nb, _, images = run_notebook(NOTEBOOK, tmp_path)
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
-    assert images >= 8
+    assert len(images) >= 8
     assert os.environ["BACKEND_FAB_LAKE"] == str(copy)
