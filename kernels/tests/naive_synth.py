@@ -6,6 +6,8 @@ rounding per operation), sharing nothing with the numba code.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -93,3 +95,89 @@ def result_rows(
         np.array(exec_count, dtype=np.int64),
         np.array(fail_count, dtype=np.int64),
     )
+
+
+# --- standard_normal_grid: SplitMix64 counter stream + 256-layer ziggurat, value by value -------
+
+_U64 = (1 << 64) - 1
+_SPLITMIX_GAMMA = 0x9E3779B97F4A7C15
+_PRIMARY_SALT = 0x243F6A8885A308D3
+_RETRY_SALT = 0x13198A2E03707344
+_ZIG_N = 256
+_ZIG_R = 3.6541528853610088
+
+
+def _splitmix_mix(z: int) -> int:
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _U64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _U64
+    return z ^ (z >> 31)
+
+
+def _density(x: float) -> float:
+    return math.exp(-0.5 * x * x)
+
+
+def _ziggurat_edges() -> list[float]:
+    """Layer edges x[0..256]: x[0] = v / f(r), x[1] = r, f(x[i+1]) = f(x[i]) + v / x[i], x[256] = 0."""
+    r = _ZIG_R
+    v = r * _density(r) + math.sqrt(math.pi / 2.0) * math.erfc(r / math.sqrt(2.0))
+    x = [v / _density(r), r]
+    while len(x) < _ZIG_N:
+        x.append(math.sqrt(-2.0 * math.log(v / x[-1] + _density(x[-1]))))
+    return [*x, 0.0]
+
+
+_ZIG_X = _ziggurat_edges()
+
+
+def normal_value_path(key: int, j: int) -> tuple[float, str, int]:
+    """Value j of the stream keyed by key, computed from (key, j) alone.
+
+    Also returns how it was accepted ("core", "wedge" or "tail") and the number of 32-bit words
+    tried (more than one when a wedge test rejected).
+    """
+    stream = _splitmix_mix(key ^ _PRIMARY_SALT)
+    word = _splitmix_mix((stream + (j // 2 + 1) * _SPLITMIX_GAMMA) & _U64)
+    w = word & 0xFFFFFFFF if j % 2 == 0 else word >> 32
+    # value j's own stream for the wedge, tail and retries
+    retry = _splitmix_mix(key ^ _RETRY_SALT)
+    state = _splitmix_mix((retry + (j + 1) * _SPLITMIX_GAMMA) & _U64)
+
+    def next_word() -> int:
+        nonlocal state
+        state = (state + _SPLITMIX_GAMMA) & _U64
+        return _splitmix_mix(state)
+
+    words = 1
+    while True:
+        layer, negative, rabs = w % 256, (w >> 8) % 2 == 1, w >> 9
+        x = _f32(rabs * (_ZIG_X[layer] / 2.0**23))
+        signed = -x if negative else x
+        if rabs < math.floor(_ZIG_X[layer + 1] / _ZIG_X[layer] * 2.0**23):
+            return signed, "core", words  # inside the layer's core box: under the density
+        if layer == 0:
+            # Marsaglia's tail method beyond r
+            while True:
+                u1 = ((next_word() >> 11) + 1) * 2.0**-53
+                u2 = ((next_word() >> 11) + 1) * 2.0**-53
+                t = -math.log(u1) * (1.0 / _ZIG_R)
+                e = -math.log(u2)
+                if e + e > t * t:
+                    break
+            y = _f32(_f32(_ZIG_R) + _f32(t))
+            return (-y if negative else y), "tail", words
+        u = (next_word() >> 11) * 2.0**-53
+        low, high = _density(_ZIG_X[layer]), _density(_ZIG_X[layer + 1])
+        if u * (high - low) < _density(x) - low:
+            return signed, "wedge", words  # (x, low + u * (high - low)) lies under the density
+        w = next_word() & 0xFFFFFFFF
+        words += 1
+
+
+def standard_normal_grid(keys, n, start=0):
+    keys = [int(k) for k in keys]
+    out = np.zeros((len(keys), n), dtype=np.float32)
+    for i, key in enumerate(keys):
+        for j in range(n):
+            out[i, j] = normal_value_path(key, start + j)[0]
+    return out

@@ -1,14 +1,22 @@
-"""The synthetic fab's kernels against naive_synth.py: bit for bit, read-only inputs, bad input."""
+"""The synthetic fab's kernels against naive_synth.py: bit for bit, read-only inputs, bad input.
+
+The normal generator is also tested as a distribution (Kolmogorov-Smirnov, moments, tails,
+correlations) on fixed keys, so those tests are deterministic.
+"""
 
 from __future__ import annotations
+
+import math
 
 import naive_synth as naive
 import numpy as np
 import pytest
+from backend_fab_kernels import synth_kernels
 from backend_fab_kernels.synth_kernels import (
     evaluate_parts,
     result_row_count,
     result_rows,
+    standard_normal_grid,
     wafer_values,
 )
 from grid_strategies import read_only
@@ -180,3 +188,157 @@ def test_bad_input_is_refused_with_the_argument_named():
     with pytest.raises(ValueError, match="site_mean"):
         noise = np.zeros((1, 2, 3), np.float32)
         wafer_values(noise, np.zeros((1, 3)), np.zeros((3, 3)), *([np.zeros(2)] * 7))
+
+
+# --- standard_normal_grid -----------------------------------------------------------------------
+
+KEYS = st.lists(
+    st.one_of(st.sampled_from([0, 1, 2**63, 2**64 - 1]), st.integers(0, 2**64 - 1)), max_size=4
+)
+STARTS = st.one_of(st.integers(0, 5), st.integers(0, 2**62 - 100))
+
+
+def _u64(keys):
+    return np.array(keys, dtype=np.uint64)
+
+
+def _bits(a):
+    return a.view(np.uint32)
+
+
+@given(KEYS, st.integers(0, 40), STARTS)
+def test_standard_normal_grid_matches_naive_bit_for_bit(keys, n, start):
+    got = standard_normal_grid(read_only(_u64(keys)), n, start=start)
+    want = naive.standard_normal_grid(keys, n, start=start)
+    assert got.dtype == np.float32 and got.shape == (len(keys), n)
+    np.testing.assert_array_equal(_bits(got), _bits(want))
+
+
+def test_standard_normal_grid_rare_paths_match_naive():
+    """Wedge, tail and retried values, bit for bit, on a fixed key (1.5 % of the values)."""
+    key, n = 0x5EED_0F_FAB, 300_000
+    got = standard_normal_grid(_u64([key]), n)[0]
+    idx = np.union1d(np.flatnonzero(np.abs(got) > 3.0), np.arange(0, n, 20))
+    paths, retried = set(), 0
+    for j in idx.tolist():
+        value, path, words = naive.normal_value_path(key, j)
+        assert np.float32(value).view(np.uint32) == got[j].view(np.uint32), j
+        paths.add(path)
+        retried += words > 1
+    assert paths == {"core", "wedge", "tail"} and retried > 0
+
+
+@given(KEYS, st.integers(0, 30), st.integers(0, 30), STARTS)
+def test_standard_normal_grid_chunks_and_rows_are_independent(keys, n1, n2, start):
+    """Value j depends on (key, j) only: not on n, the chunking or the other keys."""
+    keys = _u64(keys)
+    whole = standard_normal_grid(keys, n1 + n2, start=start)
+    parts = np.concatenate(
+        [
+            standard_normal_grid(keys, n1, start=start),
+            standard_normal_grid(keys, n2, start=start + n1),
+        ],
+        axis=1,
+    )
+    np.testing.assert_array_equal(_bits(whole), _bits(parts))
+    for i in range(keys.size):
+        np.testing.assert_array_equal(
+            _bits(standard_normal_grid(keys[i : i + 1], n1 + n2, start=start)[0]), _bits(whole[i])
+        )
+
+
+def test_standard_normal_grid_fills_out_and_accepts_other_integer_keys():
+    keys = np.array([3, 7, 3], dtype=np.int64)
+    z = np.empty((3, 4, 5), dtype=np.float32)
+    got = standard_normal_grid(keys, 20, out=z.reshape(3, 20))
+    assert np.shares_memory(got, z)
+    np.testing.assert_array_equal(got, standard_normal_grid([3, 7, 3], 20))
+    np.testing.assert_array_equal(got[0], got[2])  # equal keys, equal rows
+    assert not np.array_equal(got[0], got[1])
+    assert standard_normal_grid([], 5).shape == (0, 5)
+    assert standard_normal_grid([2**64 - 1], 0).shape == (1, 0)
+
+
+def test_ziggurat_tables_close_and_match_the_reference():
+    """Every layer has the base strip's area v, and the top layer ends at the mode."""
+    r = synth_kernels.ZIGGURAT_R
+    f = lambda x: math.exp(-0.5 * x * x)  # noqa: E731
+    v = r * f(r) + math.sqrt(math.pi / 2) * math.erfc(r / math.sqrt(2))
+    x = np.asarray(naive._ZIG_X)
+    width, k, fx, height = synth_kernels._ziggurat_tables()
+    n = synth_kernels.ZIGGURAT_LAYERS
+    np.testing.assert_allclose(x[1:n] * (fx[2:] - fx[1:n]), v, rtol=1e-12)
+    assert abs(x[n - 1] * (1.0 - f(x[n - 1])) - v) < 1e-13
+    np.testing.assert_array_equal(width[:n], x[:n] / 2.0**23)
+    np.testing.assert_array_equal(width[n:], -width[:n])
+    np.testing.assert_array_equal(k, np.floor(x[1:] / x[:n] * 2.0**23))
+    assert k[n - 1] == 0 and np.all(height > 0)
+
+
+@pytest.fixture(scope="module")
+def two_million():
+    """2,000,000 values: 8 rows of consecutive keys (the least scrambled seeds) x 250,000."""
+    return standard_normal_grid(np.arange(8, dtype=np.uint64), 250_000).astype(np.float64)
+
+
+def _within_binomial(count, n, p, sds=5.0):
+    return abs(count - n * p) <= sds * math.sqrt(n * p * (1 - p))
+
+
+def test_standard_normal_grid_is_standard_normal(two_million):
+    from scipy import stats
+
+    z = two_million.ravel()
+    n = z.size
+    assert np.all(np.isfinite(z))
+    assert stats.kstest(z, "norm").pvalue > 1e-4
+    # moments within 5 standard errors: mean 1/sqrt(n), variance sqrt(2/n), kurtosis sqrt(24/n)
+    assert abs(z.mean()) < 5 / math.sqrt(n)
+    assert abs(z.var() - 1) < 5 * math.sqrt(2 / n)
+    assert abs(stats.skew(z)) < 5 * math.sqrt(6 / n)
+    assert abs(stats.kurtosis(z)) < 5 * math.sqrt(24 / n)
+    # tails: |x| > 3 tests the outer layers' wedges, |x| > 4 the tail beyond r = 3.654
+    for t in (2.0, 3.0, r_ := synth_kernels.ZIGGURAT_R, 4.0):
+        p = 2 * stats.norm.sf(t)
+        assert _within_binomial(int(np.sum(np.abs(z) > t)), n, p), t
+    assert _within_binomial(int(np.sum(z > r_)), n, stats.norm.sf(r_))  # both signs of the tail
+
+
+def test_standard_normal_grid_streams_are_uncorrelated(two_million):
+    rows = two_million
+    m = rows.shape[1]
+    corr = np.corrcoef(rows)
+    off = corr[~np.eye(rows.shape[0], dtype=bool)]
+    assert np.max(np.abs(off)) < 5 / math.sqrt(m)
+    for row in rows:
+        # lag 1 pairs the two halves of one word, lag 2 neighbouring words
+        for lag in (1, 2):
+            assert abs(np.corrcoef(row[:-lag], row[lag:])[0, 1]) < 5 / math.sqrt(m)
+        # squares too: dependence between layers would show there first
+        sq = row * row
+        assert abs(np.corrcoef(sq[:-1], sq[1:])[0, 1]) < 5 / math.sqrt(m)
+
+
+def test_standard_normal_grid_refuses_bad_input():
+    with pytest.raises(ValueError, match="keys must be 1-d"):
+        standard_normal_grid(np.zeros((2, 2), np.uint64), 3)
+    with pytest.raises(TypeError, match="keys must be integers"):
+        standard_normal_grid([1.5, 2.0], 3)
+    with pytest.raises(ValueError, match="non-negative"):
+        standard_normal_grid(np.array([1, -1]), 3)
+    with pytest.raises(ValueError, match="n >= 0"):
+        standard_normal_grid([1], -1)
+    with pytest.raises(TypeError, match="n must be an integer"):
+        standard_normal_grid([1], 2.0)
+    with pytest.raises(ValueError, match="start >= 0"):
+        standard_normal_grid([1], 2, start=-1)
+    with pytest.raises(ValueError, match="2\\*\\*62"):
+        standard_normal_grid([1], 2, start=2**62)
+    for bad in (
+        np.empty((1, 3), np.float64),
+        np.empty((2, 3), np.float32),
+        np.empty((1, 6), np.float32)[:, ::2],
+        read_only(np.empty((1, 3), np.float32)),
+    ):
+        with pytest.raises(ValueError, match="out must be"):
+            standard_normal_grid([1], 3, out=bad)

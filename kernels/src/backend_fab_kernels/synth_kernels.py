@@ -11,9 +11,14 @@ or only the continuity test when that stops the part). :func:`evaluate_parts` de
 test matrix of measured values, which tests fail, how many tests each part executed and its first
 failing test (which sets its soft bin). :func:`wafer_values` adds the systematic parts of a lot's
 parametric model (lot and wafer shifts, site offsets, radial and linear gradients) to its noise.
+:func:`standard_normal_grid` draws that noise: counter-based standard normals (SplitMix64 words
+through a 256-layer ziggurat), one reproducible stream per key.
 """
 
 from __future__ import annotations
+
+import math
+import operator
 
 import numba
 import numpy as np
@@ -21,7 +26,13 @@ import numpy as np
 from backend_fab_kernels._config import JIT
 from backend_fab_kernels._core import as_array
 
-__all__ = ["evaluate_parts", "result_row_count", "result_rows", "wafer_values"]
+__all__ = [
+    "evaluate_parts",
+    "result_row_count",
+    "result_rows",
+    "standard_normal_grid",
+    "wafer_values",
+]
 
 #: STDF TEST_FLG bit 7: the test failed.
 TEST_FAILED = 0x80
@@ -432,3 +443,225 @@ def result_rows(
         va, fa, ea, vb, fb, eb, order, test_num, lo, hi, payload8, outs, exec_count, fail_count
     )
     return part_seq, num, words, value, test_flags, parm_flags, passed, exec_count, fail_count
+
+
+# --- counter-based standard normals -------------------------------------------------------------
+#
+# Value j of the stream keyed by k is a pure function of (k, j): the generator never carries state
+# from one value to the next, so a grid can be filled in any order, by chunks or by threads, and
+# value j does not depend on how many values are asked for.
+
+#: SplitMix64 (Steele, Lea & Flood, OOPSLA 2014): golden-ratio increment and the finaliser
+#: multipliers of Stafford's "Mix13", the variant SplitMix64 and Java's SplittableRandom use.
+_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+_MIX_A = np.uint64(0xBF58476D1CE4E5B9)
+_MIX_B = np.uint64(0x94D049BB133111EB)
+_SHIFT_A = np.uint64(30)
+_SHIFT_B = np.uint64(27)
+_SHIFT_C = np.uint64(31)
+_SHIFT_HALF = np.uint64(32)
+_SHIFT_UNIFORM = np.uint64(11)
+_LOW32 = np.uint64(0xFFFFFFFF)
+#: Keys are xored with these before seeding, so the primary and the retry streams of one key are
+#: unrelated, and keys 0, 1, 2, ... do not start from neighbouring SplitMix64 states.
+_PRIMARY_SALT = np.uint64(0x243F6A8885A308D3)  # fractional digits of pi
+_RETRY_SALT = np.uint64(0x13198A2E03707344)
+_TWO_M53 = 2.0**-53
+
+#: Marsaglia & Tsang's 256-layer ziggurat for f(x) = exp(-x^2 / 2) (J. Stat. Softw. 5(8), 2000):
+#: the base strip starts at ``r``; every layer has area ``v``.
+ZIGGURAT_LAYERS = 256
+ZIGGURAT_R = 3.6541528853610088
+_CANDIDATE_BITS = 23
+#: Fields of a 32-bit word: layer (bits 0-7), layer and sign (bits 0-8), candidate (bits 9-31).
+_LAYER_MASK = ZIGGURAT_LAYERS - 1
+_SIGNED_LAYER_MASK = 2 * ZIGGURAT_LAYERS - 1
+_CANDIDATE_SHIFT = 9
+
+
+def _ziggurat_tables(n_layers=ZIGGURAT_LAYERS, r=ZIGGURAT_R):
+    """Layer edges and acceptance tables of the ziggurat for exp(-x^2 / 2).
+
+    Edges ``x[0] = v / f(r)`` (the base strip's virtual width, tail included), ``x[1] = r`` and
+    ``f(x[i + 1]) = f(x[i]) + v / x[i]`` (Marsaglia & Tsang's recurrence), ``x[n] = 0``. Layer ``i``
+    is the box ``[0, x[i]) x [f(x[i]), f(x[i + 1])]``; a candidate ``x = u * x[i]`` is accepted at
+    once when ``x < x[i + 1]`` (``u * 2^23 < K[i]``), otherwise it goes to the wedge (or, in the
+    base strip, the tail).
+
+    Returns ``(W, K, F, D)``: ``(2n,)`` float64 signed widths ``x[i] / 2^23`` (entry ``i + n`` is
+    ``-x[i] / 2^23``), ``(n,)`` int64 thresholds ``floor(x[i + 1] / x[i] * 2^23)``, ``(n + 1,)``
+    float64 ``f(x[i])`` and ``(n,)`` float64 heights ``f(x[i + 1]) - f(x[i])``.
+    """
+
+    def f(x):
+        return math.exp(-0.5 * x * x)
+
+    # the base strip: the box [0, r) x [0, f(r)) plus the tail beyond r
+    v = r * f(r) + math.sqrt(math.pi / 2.0) * math.erfc(r / math.sqrt(2.0))
+    x = [0.0] * (n_layers + 1)
+    x[0] = v / f(r)
+    x[1] = r
+    for i in range(1, n_layers - 1):
+        x[i + 1] = math.sqrt(-2.0 * math.log(v / x[i] + f(x[i])))
+    x[n_layers] = 0.0
+    scale = float(2**_CANDIDATE_BITS)
+    width = np.array([xi / scale for xi in x[:n_layers]], dtype=np.float64)
+    k = np.array([math.floor(x[i + 1] / x[i] * scale) for i in range(n_layers)], dtype=np.int64)
+    fx = np.array([f(xi) for xi in x], dtype=np.float64)
+    return np.concatenate([width, -width]), k, fx, fx[1:] - fx[:-1]
+
+
+_ZIG_W, _ZIG_K, _ZIG_F, _ZIG_D = _ziggurat_tables()
+_ZIG_R32 = np.float32(ZIGGURAT_R)
+_ZIG_INV_R = 1.0 / ZIGGURAT_R
+#: Stream indices stay far from int64 overflow in the kernel's index arithmetic.
+_MAX_STREAM_INDEX = 2**62
+
+
+@numba.njit(**JIT)
+def _mix64(z):
+    """SplitMix64's finaliser: a bijection of uint64 with full avalanche."""
+    z = (z ^ (z >> _SHIFT_A)) * _MIX_A
+    z = (z ^ (z >> _SHIFT_B)) * _MIX_B
+    return z ^ (z >> _SHIFT_C)
+
+
+@numba.njit(**JIT)
+def _ziggurat_retry(retry_seed, j, w, width, k, fx, height):
+    """Value ``j`` whose first word ``w`` fell outside its layer's core.
+
+    Further uniforms come from value ``j``'s own SplitMix64 stream, seeded with
+    ``mix(retry_seed + (j + 1) * gamma)``, so the value stays a pure function of (key, j).
+    """
+    s = _mix64(retry_seed + (np.uint64(j) + np.uint64(1)) * _GAMMA)
+    while True:
+        layer = w & _LAYER_MASK
+        signed = w & _SIGNED_LAYER_MASK
+        rabs = w >> _CANDIDATE_SHIFT
+        x = np.float32(np.float64(rabs) * width[signed])
+        if rabs < k[layer]:
+            return x
+        if layer == 0:
+            # Marsaglia's tail method (1964): r + t with t exponential of rate r, accepted with
+            # probability exp(-t^2 / 2); uniforms in (0, 1] keep the logarithms finite
+            while True:
+                s += _GAMMA
+                u1 = np.float64((_mix64(s) >> _SHIFT_UNIFORM) + np.uint64(1)) * _TWO_M53
+                s += _GAMMA
+                u2 = np.float64((_mix64(s) >> _SHIFT_UNIFORM) + np.uint64(1)) * _TWO_M53
+                t = -math.log(u1) * _ZIG_INV_R
+                e = -math.log(u2)
+                if e + e > t * t:
+                    break
+            # summed in float32: the rounding of t stops a fused multiply-add
+            y = _ZIG_R32 + np.float32(t)
+            return -y if signed > _LAYER_MASK else y
+        s += _GAMMA
+        u = np.float64(_mix64(s) >> _SHIFT_UNIFORM) * _TWO_M53
+        # wedge: a point uniform in the layer's box lies under the density; written as
+        # u * height < f(x) - f(x[i]) so that no multiply feeds an add (no fused multiply-add,
+        # the same roundings as the reference)
+        xd = np.float64(x)
+        if u * height[layer] < math.exp(-0.5 * xd * xd) - fx[layer]:
+            return x
+        s += _GAMMA
+        w = np.int64(_mix64(s) & _LOW32)
+
+
+@numba.njit(**JIT)
+def _standard_normal_grid(keys, start, out, width, k, fx, height):
+    n_rows, n = out.shape
+    for r in range(n_rows):
+        seed = _mix64(keys[r] ^ _PRIMARY_SALT)
+        retry_seed = _mix64(keys[r] ^ _RETRY_SALT)
+        h = np.uint64(0)
+        for i in range(n):
+            j = start + i
+            # word c = j // 2 of the row's SplitMix64 stream, mix(seed + (c + 1) * gamma): its low
+            # 32 bits drive value 2c, its high 32 bits value 2c + 1
+            if j & 1 == 0 or i == 0:
+                h = _mix64(seed + np.uint64((j >> 1) + 1) * _GAMMA)
+            w = np.int64((h >> (_SHIFT_HALF * np.uint64(j & 1))) & _LOW32)
+            # bits 0-7 layer, bit 8 sign, bits 9-31 the candidate (numpy's float32 layout); the
+            # fast path is written out here because a call passing the tables costs reference
+            # counting on every value: only about 1.5 % of the values take the retry path
+            rabs = w >> _CANDIDATE_SHIFT
+            if rabs < k[w & _LAYER_MASK]:
+                out[r, i] = np.float32(np.float64(rabs) * width[w & _SIGNED_LAYER_MASK])
+            else:
+                out[r, i] = _ziggurat_retry(retry_seed, j, w, width, k, fx, height)
+
+
+def standard_normal_grid(keys, n, out=None, *, start=0):
+    """Standard normal float32 values, one counter-based stream per key.
+
+    Row ``i`` holds values ``start .. start + n - 1`` of the stream keyed by ``keys[i]``; value
+    ``j`` is a pure function of ``(keys[i], j)``: it does not depend on ``n``, on the other keys
+    or on how the grid is split into calls, so a lot's noise can be drawn wafer by wafer (one key
+    each) or in chunks (``start``) with the same result.
+
+    Method: word ``c`` of a row is ``mix(mix(key ^ salt) + (c + 1) * gamma)`` (SplitMix64, Steele,
+    Lea & Flood 2014); its low and high 32 bits drive values ``2c`` and ``2c + 1`` through
+    Marsaglia & Tsang's ziggurat (J. Stat. Softw. 5(8), 2000) with 256 layers, ``r = 3.6541528853610088``:
+    8 bits choose the layer, 1 bit the sign, 23 bits the candidate (numpy's float32 layout). The
+    rare wedge and tail tests (Marsaglia's tail method beyond ``r``) draw from a second SplitMix64
+    stream of their own value. The values are exactly standard normal up to the 23-bit grid of
+    the candidates (as numpy's ``standard_normal(dtype=np.float32)``); they are not numpy's.
+
+    Parameters
+    ----------
+    keys : ``(R,)`` uint64 stream keys (any 64-bit value; non-negative integers of another integer
+        dtype are accepted), e.g. ``rng.integers(0, 2**63, R, dtype=np.uint64)`` from a lot's
+        generator. Equal keys give equal rows.
+    n : int >= 0, values per row.
+    out : optional ``(R, n)`` float32 C-contiguous writeable array to fill (e.g. a view
+        ``z.reshape(W, N * T)`` of a ``(W, N, T)`` noise grid).
+    start : int >= 0, index in the streams of the first value (``start + n <= 2^62``).
+
+    Returns
+    -------
+    ``(R, n)`` float32 array (``out`` when given).
+    """
+    raw = np.asarray(keys)
+    if raw.ndim != 1:
+        raise ValueError(f"standard_normal_grid: keys must be 1-d, got shape {raw.shape}")
+    if raw.size and raw.dtype.kind not in "ui":
+        raise TypeError(
+            f"standard_normal_grid: keys must be integers (uint64), got dtype {raw.dtype}"
+        )
+    if raw.dtype.kind == "i" and raw.size and raw.min() < 0:
+        raise ValueError("standard_normal_grid: keys must be non-negative (use uint64 keys)")
+    keys = as_array("standard_normal_grid keys", raw.astype(np.uint64, copy=False), np.uint64, 1)
+    try:
+        n = operator.index(n)
+    except TypeError:
+        raise TypeError(
+            f"standard_normal_grid: n must be an integer, got {type(n).__name__}"
+        ) from None
+    try:
+        start = operator.index(start)
+    except TypeError:
+        raise TypeError(
+            f"standard_normal_grid: start must be an integer, got {type(start).__name__}"
+        ) from None
+    if n < 0 or start < 0 or start + n > _MAX_STREAM_INDEX:
+        raise ValueError(
+            f"standard_normal_grid: need n >= 0, start >= 0 and start + n <= 2**62, got n={n}, "
+            f"start={start}"
+        )
+    shape = (keys.size, n)
+    if out is None:
+        out = np.empty(shape, dtype=np.float32)
+    elif not (
+        isinstance(out, np.ndarray)
+        and out.shape == shape
+        and out.dtype == np.float32
+        and out.flags.c_contiguous
+        and out.flags.writeable
+    ):
+        raise ValueError(
+            f"standard_normal_grid: out must be a C-contiguous writeable float32 array of "
+            f"shape {shape}"
+        )
+    _standard_normal_grid(keys, start, out, _ZIG_W, _ZIG_K, _ZIG_F, _ZIG_D)
+    return out
