@@ -121,7 +121,7 @@ def column(name: str, value, dtype: pl.DataType, n: int) -> pl.Series:
 
 
 #: Frames up to this many rows get their scalar columns materialised (see :func:`build`).
-SMALL_FRAME_ROWS = 1 << 18
+SMALL_FRAME_ROWS = 1 << 16
 
 
 def build(table: str, n: int, cols: dict) -> pl.DataFrame:
