@@ -237,26 +237,45 @@ class Lake:
         spec = schema.table(name)
         return frame.to_arrow().cast(spec.schema)
 
+    def _ensure_table(self, name: str) -> str:
+        """Create table ``name`` empty (its schema and partitioning) unless it exists; returns its
+        path. Writers never create a table with their data: two writers that both found it absent
+        could both commit a "create" (delta-rs retries the loser's commit at the next version),
+        and the data of both would stay. An empty create that loses such a race adds nothing."""
+        from deltalake import DeltaTable, write_deltalake
+
+        target = str(self._table_path(name))
+        spec = schema.table(name)
+        delay = 0.02
+        for _ in range(_RETRIES):
+            if DeltaTable.is_deltatable(target):
+                return target
+            try:
+                write_deltalake(
+                    target,
+                    spec.schema.empty_table(),
+                    mode="error",
+                    partition_by=list(spec.partition_by) or None,
+                )
+                return target
+            except Exception as exc:
+                # another writer is creating it: wait until its first commit is readable
+                if not (_is_conflict(exc) or "exist" in str(exc).lower()):
+                    raise LakeError(
+                        f"creating table {name!r} in {self.path}: {type(exc).__name__}: {exc}"
+                    ) from exc
+            time.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 1.0)
+        raise LakeError(f"creating table {name!r} in {self.path}: it never became readable")
+
     def _write(self, name: str, frame: pl.DataFrame, *, predicate: str | None) -> None:
         """Append ``frame`` or, with ``predicate``, replace the rows matching it (one commit)."""
         from deltalake import write_deltalake
 
-        spec = schema.table(name)
+        target = self._ensure_table(name)
         data = self._arrow(name, frame)
-        target = str(self._table_path(name))
 
         def action():
-            if not self.exists(name):
-                try:
-                    write_deltalake(
-                        target, data, mode="error", partition_by=list(spec.partition_by) or None
-                    )
-                    return
-                except Exception as exc:
-                    # another writer created it first: fall through to a normal write next try
-                    if "exist" not in str(exc).lower():
-                        raise
-                    raise _Conflict(str(exc)) from exc
             if predicate is None:
                 write_deltalake(target, data, mode="append")
             else:
@@ -313,21 +332,15 @@ class Lake:
         return AddResult(run_id, True, rows, f"run {run_id} added")
 
     def _commit_run(self, runs: pl.DataFrame) -> None:
-        """Insert the ``runs`` row unless present: the single commit that makes a run visible."""
-        from deltalake import DeltaTable, write_deltalake
+        """Insert the ``runs`` row unless present: the single commit that makes a run visible.
+        A merge reads the whole table, so of two writers committing the same run at once the
+        second conflicts, retries, finds the row and inserts nothing."""
+        from deltalake import DeltaTable
 
-        target = str(self._table_path("runs"))
+        target = self._ensure_table("runs")
         data = self._arrow("runs", runs)
 
         def action():
-            if not self.exists("runs"):
-                try:
-                    write_deltalake(target, data, mode="error")
-                    return
-                except Exception as exc:
-                    if "exist" not in str(exc).lower():
-                        raise
-                    raise _Conflict(str(exc)) from exc
             (
                 DeltaTable(target)
                 .merge(data, predicate="t.run_id = s.run_id", source_alias="s", target_alias="t")
@@ -381,12 +394,8 @@ class Lake:
         frame = schema.validate(name, frame)
         if frame.height == 0:
             return 0
-        if not self.exists(name):
-            self._write(name, frame, predicate=None)
-            if self.exists(name):
-                return frame.height
+        target = self._ensure_table(name)
         data = self._arrow(name, frame)
-        target = str(self._table_path(name))
         predicate = " AND ".join(f"t.{k} = s.{k}" for k in spec.keys)
 
         def action():
