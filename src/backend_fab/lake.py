@@ -8,7 +8,9 @@ run replaces them (a predicate overwrite on ``run_id``) and :meth:`Lake.vacuum` 
 
 Concurrency is Delta's job: local-disk commits are put-if-absent renames, and a commit that loses
 a race is retried here (every step of an add is idempotent, so a retry is safe). There is no lock
-of our own.
+of our own. A table is always created empty before rows are written to it, and rows are written
+only by predicate overwrites and merges, whose conflict checks see a concurrent writer's rows: a
+"create with data" that lost a race would be re-committed by delta-rs as an append.
 
 Derived tables (dispositions, scores, alarms, limits) are written with :meth:`Lake.replace`
 (replace every row of the given keys in one commit) or :meth:`Lake.merge` (upsert by keys).
