@@ -665,3 +665,56 @@ def standard_normal_grid(keys, n, out=None, *, start=0):
         )
     _standard_normal_grid(keys, start, out, _ZIG_W, _ZIG_K, _ZIG_F, _ZIG_D)
     return out
+
+
+def _warmup_lot():
+    """A tiny lot (1 wafer, 3 die, 4 tests) in the array layouts the generator passes."""
+    w, n, t = 1, 3, 4
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((w, n, t)).astype(np.float32)
+    f64 = lambda *shape: rng.standard_normal(shape)  # noqa: E731
+    values = f64(w * n, t)
+    lo, hi = np.full(t, -3.0), np.full(t, 3.0)
+    return z, f64, values, lo, hi
+
+
+def _warmup_wafer_values():
+    z, f64, _, _, _ = _warmup_lot()
+    w, n, t = z.shape
+    args = (z, f64(w, t), f64(n, t), f64(n), f64(w, t), f64(w, n), f64(w, t))
+    zero, sigma, nominal = np.zeros(t, dtype=np.bool_), np.ones(t), np.zeros(t)
+    out = (np.empty_like(z), np.empty((w * n, t)))
+    return (*args, zero, sigma, nominal), {"out": out}
+
+
+def _warmup_evaluate_parts():
+    _, _, values, lo, hi = _warmup_lot()
+    parts = values.shape[0]
+    over = np.zeros((parts, 1), dtype=np.bool_)
+    stop = np.zeros(parts, dtype=np.bool_)
+    out = np.empty(values.shape, dtype=np.bool_)
+    return (values, lo, hi, np.array([2], dtype=np.int64), over, stop), {"out": out}
+
+
+def _warmup_result_rows():
+    _, _, values, lo, hi = _warmup_lot()
+    parts, t = values.shape
+    fail = np.zeros(values.shape, dtype=np.bool_)
+    n_exec = np.full(parts, t, dtype=np.int64)
+    first = (values, fail, n_exec)
+    retest = (values[:1].copy(), fail[:1].copy(), n_exec[:1].copy())
+    order = np.arange(parts + 1, dtype=np.int64)
+    n = result_row_count(first[2], retest[2], order)
+    out = tuple(np.empty(shape, dtype=dtype) for shape, dtype in _row_layout(n))
+    test_num = np.arange(1, t + 1, dtype=np.int64)
+    payload = np.zeros((t, 4), dtype=np.uint32)
+    return (*first, *retest, order, test_num, lo, hi, payload), {"out": out}
+
+
+#: Inputs for ``backend-fab warmup`` (:mod:`backend_fab.warmup`): the generic search cannot guess
+#: these kernels' matched shapes.
+WARMUP_EXAMPLES = {
+    "wafer_values": _warmup_wafer_values,
+    "evaluate_parts": _warmup_evaluate_parts,
+    "result_rows": _warmup_result_rows,
+}
