@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     passes = {}
     for label, back_end in (("wafer sort", False), ("whole fab", True)):
         for w in dict.fromkeys((1, workers)):
-            r = passes[(label, w)] = timed_pass(generate_fab(loaded), w, back_end, plan_of)
+            r = passes[(label, w)] = timed_pass(fab, w, back_end, plan_of)
             line = (
                 f"{label}, {w} thread(s): {r['wall']:.2f} s wall / {r['cpu']:.2f} s CPU -> "
                 f"{r['ws_die'] / r['wall']:,.0f} wafer-sort die/s wall "
