@@ -16,6 +16,23 @@ def as_array(name: str, a, dtype, ndim: int | None = None) -> np.ndarray:
     return arr
 
 
+def check_out(name: str, a, dtype, shape: tuple) -> np.ndarray:
+    """``a`` when it can receive a kernel's output: a C-contiguous writeable numpy array of
+    ``dtype`` and ``shape`` (e.g. a recycled buffer); else ValueError naming ``name``."""
+    if not (
+        isinstance(a, np.ndarray)
+        and a.shape == tuple(shape)
+        and a.dtype == dtype
+        and a.flags.c_contiguous
+        and a.flags.writeable
+    ):
+        raise ValueError(
+            f"{name} must be a C-contiguous writeable {np.dtype(dtype).name} array of shape "
+            f"{tuple(shape)}"
+        )
+    return a
+
+
 def check_offsets(name: str, offsets, n: int) -> np.ndarray:
     """Validate group offsets: int64, starts at 0, non-decreasing, ends at ``n``."""
     off = as_array(name, offsets, np.int64, ndim=1)

@@ -30,6 +30,7 @@ from numba import njit
 
 from backend_fab_kernels._config import JIT
 from backend_fab_kernels._core import as_array, check_offsets
+from backend_fab_kernels._grid import writable
 
 __all__ = ["RADON_POINTS", "cubic_resample", "radon_bins"]
 
@@ -306,12 +307,6 @@ def _fill_grid(x, y, fail, lo, hi):
     return grid, dup
 
 
-def _writeable(a: np.ndarray) -> np.ndarray:
-    # numba types read-only arrays apart and would compile the whole feature table a second time
-    # (about a minute); a copy of the die columns costs far less than the features themselves
-    return a if a.flags.writeable else a.copy()
-
-
 def validate_die_groups(x, y, fail, offsets, max_extent: int = 4096):
     """Coerce and check the flat die arrays of wafer groups (shared by the feature wrappers).
 
@@ -319,14 +314,14 @@ def validate_die_groups(x, y, fail, offsets, max_extent: int = 4096):
     never write to them either way). Raises ValueError on length
     mismatches, bad offsets, or a wafer whose die span more than ``max_extent`` positions per axis.
     """
-    xa = _writeable(as_array("x", x, np.int64, ndim=1))
-    ya = _writeable(as_array("y", y, np.int64, ndim=1))
-    fa = _writeable(as_array("fail", fail, np.bool_, ndim=1)).view(np.uint8)
+    xa = writable(as_array("x", x, np.int64, ndim=1))
+    ya = writable(as_array("y", y, np.int64, ndim=1))
+    fa = writable(as_array("fail", fail, np.bool_, ndim=1)).view(np.uint8)
     if not (xa.size == ya.size == fa.size):
         raise ValueError(
             f"x, y and fail must have the same length (got {xa.size}, {ya.size}, {fa.size})"
         )
-    off = _writeable(check_offsets("offsets", offsets, xa.size))
+    off = writable(check_offsets("offsets", offsets, xa.size))
     if xa.size:
         starts = off[:-1][np.diff(off) > 0]
         for name, arr in (("x", xa), ("y", ya)):

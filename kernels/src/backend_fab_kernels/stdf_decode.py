@@ -30,7 +30,7 @@ import numba
 import numpy as np
 
 from backend_fab_kernels._config import JIT
-from backend_fab_kernels._core import as_array
+from backend_fab_kernels._core import as_array, check_out
 
 # Field type codes of a field program (see walk_fields).
 FT_U1, FT_U2, FT_U4, FT_U8 = 0, 1, 2, 3
@@ -579,10 +579,7 @@ def assign_parts(kinds, heads, sites, open_slot, next_slot: int, next_part: int,
     s = _ro("sites", s0, np.uint8, ndim=1)
     if not (k.size == h.size == s.size):
         raise ValueError("kinds, heads and sites differ in size")
-    if not (isinstance(open_slot, np.ndarray) and open_slot.dtype == np.int64
-            and open_slot.shape == (65536,) and open_slot.flags.writeable
-            and open_slot.flags.c_contiguous):  # fmt: skip
-        raise ValueError("open_slot must be a writeable int64 array of 65536 entries")
+    check_out("open_slot", open_slot, np.int64, (65536,))
     if not (isinstance(slot_part, np.ndarray) and slot_part.dtype == np.int64
             and slot_part.ndim == 1 and slot_part.flags.writeable
             and slot_part.flags.c_contiguous):  # fmt: skip

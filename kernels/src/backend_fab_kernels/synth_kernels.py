@@ -24,7 +24,7 @@ import numba
 import numpy as np
 
 from backend_fab_kernels._config import JIT
-from backend_fab_kernels._core import as_array
+from backend_fab_kernels._core import as_array, check_out
 
 __all__ = [
     "evaluate_parts",
@@ -199,22 +199,8 @@ def wafer_values(
         z = np.empty(noise.shape, dtype=np.float32)
         v = np.empty((n_wafers * n_die, n_tests), dtype=np.float64)
     else:
-        z, v = out
-        for name, a, dtype, shape in (
-            ("z", z, np.float32, noise.shape),
-            ("v", v, np.float64, (n_wafers * n_die, n_tests)),
-        ):
-            if not (
-                isinstance(a, np.ndarray)
-                and a.shape == shape
-                and a.dtype == dtype
-                and a.flags.c_contiguous
-                and a.flags.writeable
-            ):
-                raise ValueError(
-                    f"wafer_values: out {name} must be a C-contiguous writeable "
-                    f"{np.dtype(dtype).name} array of shape {shape}"
-                )
+        z = check_out("wafer_values: out z", out[0], np.float32, noise.shape)
+        v = check_out("wafer_values: out v", out[1], np.float64, (n_wafers * n_die, n_tests))
     rad = np.empty((n_die, n_tests), dtype=np.float64)
     lin = np.empty((n_die, n_tests), dtype=np.float64)
     _wafer_values(noise, *args.values(), z, v, rad, lin)
@@ -303,18 +289,7 @@ def evaluate_parts(values, lo, hi, override_idx, override, stop, out=None):
     if out is None:
         fail = np.empty((n_parts, n_tests), dtype=np.bool_)
     else:
-        fail = out
-        if not (
-            isinstance(fail, np.ndarray)
-            and fail.shape == (n_parts, n_tests)
-            and fail.dtype == np.bool_
-            and fail.flags.c_contiguous
-            and fail.flags.writeable
-        ):
-            raise ValueError(
-                f"evaluate_parts: out must be a C-contiguous writeable bool array of shape "
-                f"{(n_parts, n_tests)}"
-            )
+        fail = check_out("evaluate_parts: out", out, np.bool_, (n_parts, n_tests))
     n_exec = np.empty(n_parts, dtype=np.int64)
     first_fail = np.empty(n_parts, dtype=np.int64)
     _evaluate_parts(values, lo, hi, override_idx, override, stop, fail, n_exec, first_fail)
@@ -339,12 +314,7 @@ def _check_out(out, n):
     if not isinstance(out, tuple | list) or len(out) != len(layout):
         raise TypeError(f"result_rows: out must be a tuple of {len(layout)} arrays")
     for k, (a, (shape, dtype)) in enumerate(zip(out, layout, strict=True)):
-        if not isinstance(a, np.ndarray) or a.shape != shape or a.dtype != dtype:
-            raise ValueError(
-                f"result_rows: out[{k}] must be a {np.dtype(dtype).name} array of shape {shape}"
-            )
-        if not (a.flags.c_contiguous and a.flags.writeable):
-            raise ValueError(f"result_rows: out[{k}] must be C-contiguous and writeable")
+        check_out(f"result_rows: out[{k}]", a, dtype, shape)
 
 
 def _part_matrices(name, values, failed, n_exec, n_tests):
@@ -652,17 +622,8 @@ def standard_normal_grid(keys, n, out=None, *, start=0):
     shape = (keys.size, n)
     if out is None:
         out = np.empty(shape, dtype=np.float32)
-    elif not (
-        isinstance(out, np.ndarray)
-        and out.shape == shape
-        and out.dtype == np.float32
-        and out.flags.c_contiguous
-        and out.flags.writeable
-    ):
-        raise ValueError(
-            f"standard_normal_grid: out must be a C-contiguous writeable float32 array of "
-            f"shape {shape}"
-        )
+    else:
+        check_out("standard_normal_grid: out", out, np.float32, shape)
     _standard_normal_grid(keys, start, out, _ZIG_W, _ZIG_K, _ZIG_F, _ZIG_D)
     return out
 

@@ -29,7 +29,7 @@ from numba import njit, prange
 
 from backend_fab_kernels._config import JIT, PARALLEL_JIT
 from backend_fab_kernels._core import as_array, check_offsets
-from backend_fab_kernels.radon import _writeable
+from backend_fab_kernels._grid import writable
 
 __all__ = ["check_forest", "forest_contributions", "forest_proba"]
 
@@ -90,18 +90,18 @@ def check_forest(
     them), a split feature is out of range, or a leaf is half a split.
     """
     # writeable copies of read-only arrays: numba would compile a second signature for them
-    feat = _writeable(as_array("feature", feature, np.int32, ndim=1))
-    thr = _writeable(as_array("threshold", threshold, np.float64, ndim=1))
-    lft = _writeable(as_array("left", left, np.int32, ndim=1))
-    rgt = _writeable(as_array("right", right, np.int32, ndim=1))
-    val = _writeable(as_array("value", value, np.float64, ndim=2))
+    feat = writable(as_array("feature", feature, np.int32, ndim=1))
+    thr = writable(as_array("threshold", threshold, np.float64, ndim=1))
+    lft = writable(as_array("left", left, np.int32, ndim=1))
+    rgt = writable(as_array("right", right, np.int32, ndim=1))
+    val = writable(as_array("value", value, np.float64, ndim=2))
     n = feat.size
     if not (thr.size == lft.size == rgt.size == val.shape[0] == n):
         raise ValueError(
             f"forest arrays disagree in length: feature {n}, threshold {thr.size}, left "
             f"{lft.size}, right {rgt.size}, value {val.shape[0]}"
         )
-    off = _writeable(check_offsets("tree_offsets", tree_offsets, n))
+    off = writable(check_offsets("tree_offsets", tree_offsets, n))
     if off.size < 2 or np.any(np.diff(off) < 1):
         raise ValueError("tree_offsets: every tree needs at least one node")
     if val.shape[1] < 1:
@@ -126,7 +126,7 @@ def check_forest(
 
 
 def _check_x(X, feat) -> np.ndarray:
-    xa = _writeable(as_array("X", X, np.float64, ndim=2))
+    xa = writable(as_array("X", X, np.float64, ndim=2))
     split = feat >= 0
     if split.any() and feat[split].max() >= xa.shape[1]:
         raise ValueError(
@@ -158,7 +158,7 @@ def forest_contributions(X, feature, threshold, left, right, value, tree_offsets
         feature, threshold, left, right, value, tree_offsets
     )
     xa = _check_x(X, feat)
-    c = _writeable(as_array("cls", cls, np.int64, ndim=1))
+    c = writable(as_array("cls", cls, np.int64, ndim=1))
     if c.size != xa.shape[0]:
         raise ValueError(f"cls has {c.size} entries for {xa.shape[0]} rows of X")
     if c.size and (c.min() < 0 or c.max() >= val.shape[1]):

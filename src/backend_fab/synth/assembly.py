@@ -61,6 +61,7 @@ from backend_fab.synth.tester import (
     ecid_column,
     results_frame,
     run_row,
+    tests_table,
     wafer_names,
 )
 
@@ -562,26 +563,7 @@ def _final_test(
         hi=hi,
         kind_words=view_words([t.kind for t in tests]).view(np.uint32).reshape(T, 4),
     )
-    tests_frame = from_rows(
-        "tests",
-        [
-            {
-                "run_id": run_id,
-                "test_num": t.test_num,
-                "kind": t.kind,
-                "test_name": t.name,
-                "lo_limit": t.lo_limit,
-                "hi_limit": t.hi_limit,
-                "units": t.units,
-                "res_scale": 0,
-                "llm_scale": 0,
-                "hlm_scale": 0,
-                "exec_count": int(exec_count[i]),
-                "fail_count": int(fail_count[i]),
-            }
-            for i, t in enumerate(tests)
-        ],
-    )
+    tests_frame = tests_table(run_id, tests, exec_count, fail_count)
     bins = bin_summary(run_id, lut[sb_all], sb_all, site, catalog.FT_HBINS, catalog.FT_SBINS)
     # units: the final row of each unit
     last_row = np.arange(n)

@@ -793,26 +793,7 @@ def sort_lot(
         kind_words=plan.kind_words,
     )
     # --- tests, bins, wafers, runs -------------------------------------------------------------
-    tests = from_rows(
-        "tests",
-        [
-            {
-                "run_id": run_id,
-                "test_num": int(t.test_num),
-                "kind": t.kind,
-                "test_name": t.name,
-                "lo_limit": t.lo_limit,
-                "hi_limit": t.hi_limit,
-                "units": t.units,
-                "res_scale": 0,
-                "llm_scale": 0,
-                "hlm_scale": 0,
-                "exec_count": int(exec_count[i]),
-                "fail_count": int(fail_count[i]),
-            }
-            for i, t in enumerate(plan.tests)
-        ],
-    )
+    tests = tests_table(run_id, plan.tests, exec_count, fail_count)
     site_all = plan.site[k_of_row]
     bins = bin_summary(
         run_id,
@@ -1029,6 +1010,30 @@ def _outlier_truth(plan, run_id, lot_id, wafer_ids, out_rows, z_final, final_pas
             "sigma": s[order],
             "sigma_wafer": sig_w[order],
         },
+    )
+
+
+def tests_table(run_id: str, tests, exec_count, fail_count) -> pl.DataFrame:
+    """The ``tests`` rows of a run (TSR-like): each test's definition, executions and fails."""
+    return from_rows(
+        "tests",
+        [
+            {
+                "run_id": run_id,
+                "test_num": int(t.test_num),
+                "kind": t.kind,
+                "test_name": t.name,
+                "lo_limit": t.lo_limit,
+                "hi_limit": t.hi_limit,
+                "units": t.units,
+                "res_scale": 0,
+                "llm_scale": 0,
+                "hlm_scale": 0,
+                "exec_count": int(exec_count[i]),
+                "fail_count": int(fail_count[i]),
+            }
+            for i, t in enumerate(tests)
+        ],
     )
 
 
