@@ -132,7 +132,7 @@ def with_run_context(die: pl.LazyFrame, runs: pl.LazyFrame | None) -> pl.LazyFra
     cols = [c for c in RUN_COLUMNS if c in runs.collect_schema().names() and c not in have]
     if not cols:
         return die
-    return die.join(runs.select("run_id", *cols), on="run_id", how="left")
+    return die.join(runs.select("run_id", *cols), on="run_id", how="left", maintain_order="left")
 
 
 def _unit_keys(frame: pl.LazyFrame) -> list[str]:
@@ -292,13 +292,13 @@ def yield_summary(
             per_wafer.filter(pl.col("n_tested") > 0)
             .group_by(gkeys)
             .agg(_w=pl.len())
-            .join(gross, on="product", how="left")
+            .join(gross, on="product", how="left", maintain_order="left")
             .with_columns(_g=pl.col("_w") * pl.col("gross_die"))
         )
         n_gross = pl.when(pl.col("_g").null_count() == 0).then(pl.col("_g").sum())
         if keys:
             gsum = wafers.group_by(keys).agg(n_gross=n_gross)
-            out = out.join(gsum, on=keys, how="left", nulls_equal=True)
+            out = out.join(gsum, on=keys, how="left", maintain_order="left", nulls_equal=True)
         else:
             out = out.join(wafers.select(n_gross=n_gross), how="cross")
         out = out.with_columns(yield_gross=_ratio("n_good", "n_gross"))
@@ -411,7 +411,9 @@ def bin_pareto(
         kind=pl.lit(kind),
     )
     if bins is not None:
-        counts = counts.join(bin_names(bins, kind).select("bin", "name"), on="bin", how="left")
+        counts = counts.join(
+            bin_names(bins, kind).select("bin", "name"), on="bin", how="left", maintain_order="left"
+        )
     else:
         counts = counts.with_columns(name=pl.lit(None, dtype=pl.String))
     return counts.select(
@@ -457,7 +459,7 @@ def retest_recovery(
     final = frame.filter(pl.col("is_final")).select(
         *ukeys, pl.col("good").alias("final_good"), pl.col(kind).alias("final_bin")
     )
-    units = first.join(final, on=ukeys, how="left", nulls_equal=True)
+    units = first.join(final, on=ukeys, how="left", maintain_order="left", nulls_equal=True)
     retested = pl.col("n_instances") > 1
     out = units.group_by(*keys, "bin").agg(
         n_failed=pl.len().cast(pl.Int64),
@@ -478,7 +480,9 @@ def retest_recovery(
             ).str.join(", ")
         )
     )
-    out = out.join(where, on=[*keys, "bin"], how="left", nulls_equal=True).with_columns(
+    out = out.join(
+        where, on=[*keys, "bin"], how="left", maintain_order="left", nulls_equal=True
+    ).with_columns(
         retest_rate=_ratio("n_retested", "n_failed"),
         recovery_rate=_ratio("n_recovered", "n_retested"),
         final_bins=pl.col("final_bins").fill_null(""),
@@ -1249,9 +1253,9 @@ def yield_trend(
     summary = yield_summary(die, level=level, by=[*by, *chart_by], pass_bins=pass_bins, runs=runs)
     value = "yield_final" if which == "final" else "yield_first_pass"
     nn = "n_tested" if which == "final" else "n_first_pass"
-    summary = summary.join(times, on=keys, how="left", nulls_equal=True).with_columns(
-        pl.col(value).alias("yield"), pl.col(nn).alias("n")
-    )
+    summary = summary.join(
+        times, on=keys, how="left", maintain_order="left", nulls_equal=True
+    ).with_columns(pl.col(value).alias("yield"), pl.col(nn).alias("n"))
     # ties in time (wafers of one run) are ordered by their keys: the same chart every time
     order = ["start_time", *[c for c in keys if c not in chart_by]]
     return control_chart(

@@ -144,7 +144,7 @@ def edges_from_ecid(
         where = (
             lf.group_by("unit_id").agg(*[pl.col(c).drop_nulls().first() for c in keep]).collect()
         )
-        decoded = decoded.join(where, on="unit_id", how="left")
+        decoded = decoded.join(where, on="unit_id", how="left", maintain_order="left")
     edges = decoded.sort("unit_id").select(
         pl.lit("transfer").alias("relation"),
         pl.col("lot_id").alias("from_lot_id"),

@@ -155,7 +155,7 @@ def history_points(
     if basis == "gross":
         gross = layouts.select("product", pl.col("gross_die").cast(pl.Int64))
         points = (
-            points.join(gross, on="product", how="left")
+            points.join(gross, on="product", how="left", maintain_order="left")
             .with_columns(n=pl.col("gross_die") * pl.col("n_wafers"))
             .drop("gross_die")
         )
@@ -412,6 +412,7 @@ def syl_sbl_limits(
                 pcounts.filter(pl.col("bin") == b).select(*keys, "count"),
                 on=keys,
                 how="left",
+                maintain_order="left",
                 nulls_equal=True,
             )
             c = per_point["count"].fill_null(0).to_numpy().astype(np.float64)
@@ -477,7 +478,7 @@ def save_limits(lake, limits: LimitSet | pl.DataFrame) -> pl.DataFrame:
     if old.height:
         latest = old.group_by(ident).agg(pl.col("version").max().alias("_v"))
         frame = (
-            frame.join(latest, on=ident, how="left")
+            frame.join(latest, on=ident, how="left", maintain_order="left")
             .with_columns(version=(pl.col("_v").fill_null(0) + 1).cast(pl.Int32))
             .drop("_v")
         )
@@ -587,6 +588,7 @@ def evaluate_limits(
                 cnt.filter(pl.col("bin") == b).select(*keys, "count"),
                 on=keys,
                 how="left",
+                maintain_order="left",
                 nulls_equal=True,
             )
             counts = joined["count"].fill_null(0).to_numpy().astype(np.float64)

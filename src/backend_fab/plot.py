@@ -590,7 +590,7 @@ def pat_histogram(
     orig = result.dispositions.select("run_id", "part_seq").unique().with_columns(_pat=pl.lit(True))
     d = (
         die.filter(pl.col("final").fill_null(True))
-        .join(orig.lazy(), on=["run_id", "part_seq"], how="left")
+        .join(orig.lazy(), on=["run_id", "part_seq"], how="left", maintain_order="left")
         .filter(pl.col("hbin").is_in(sorted(good)) | pl.col("_pat").fill_null(False))
         .select("run_id", "part_seq")
     )

@@ -170,7 +170,9 @@ def _codes(series: pl.Series) -> tuple[np.ndarray, list]:
         {"k": first.get_column("k"), "_code": np.arange(len(keys), dtype=np.int64)}
     )
     codes = (
-        frame.join(lookup, on="k", how="left", nulls_equal=True).sort("_row").get_column("_code")
+        frame.join(lookup, on="k", how="left", maintain_order="left", nulls_equal=True)
+        .sort("_row")
+        .get_column("_code")
     )
     return codes.to_numpy(), keys
 

@@ -214,7 +214,11 @@ def insertion_yields(data: LotData, recipe: NightlyRecipe) -> pl.DataFrame:
         runs=data.runs.lazy(),
     ).collect()
     order = data.runs.group_by("insertion").agg(pl.col("start_time").min().alias("_t"))
-    return out.join(order, on="insertion", how="left").sort("_t", nulls_last=True).drop("_t")
+    return (
+        out.join(order, on="insertion", how="left", maintain_order="left")
+        .sort("_t", nulls_last=True)
+        .drop("_t")
+    )
 
 
 def lot_pareto(data: LotData, recipe: NightlyRecipe) -> pl.DataFrame:

@@ -131,7 +131,7 @@ class PatResult:
         loss_json = pl.DataFrame(
             rows, schema={**dict.fromkeys(keys, pl.String), "pat_loss": pl.String}, orient="row"
         )
-        out = total.join(loss_json, on=keys, how="left").with_columns(
+        out = total.join(loss_json, on=keys, how="left", maintain_order="left").with_columns(
             n_good_after=pl.col("n_good_before") - pl.col("n_binned"),
             alarm_level=pl.when(pl.col("loss") > lo2)
             .then(2)
@@ -1367,9 +1367,9 @@ def _yield_loss(ctx: _Context, disp: pl.DataFrame) -> pl.DataFrame:
     rules = pl.DataFrame({"rule": [*rec.precedence, "total"]})
     grid = per_wafer.join(rules, how="cross")
     counts = pl.concat([flagged, total.select(flagged.columns)])
-    wafer_level = grid.join(counts, on=[*keys, "rule"], how="left").with_columns(
-        pl.col("n_flagged", "n_binned").fill_null(0)
-    )
+    wafer_level = grid.join(
+        counts, on=[*keys, "rule"], how="left", maintain_order="left"
+    ).with_columns(pl.col("n_flagged", "n_binned").fill_null(0))
     lot_level = (
         wafer_level.group_by("product", "lot_id", "rule")
         .agg(pl.col("n_tested", "n_good_before", "n_flagged", "n_binned").sum())

@@ -259,7 +259,9 @@ def e142_tables(doc, *, name: str = "<bytes>") -> dict[str, pl.DataFrame]:
             .filter(pl.col("unit_id").is_not_null())
             .unique(["to_substrate_id", "to_row", "to_col"])
         )
-        edges = transfers.join(ids, on=["to_substrate_id", "to_row", "to_col"], how="left")
+        edges = transfers.join(
+            ids, on=["to_substrate_id", "to_row", "to_col"], how="left", maintain_order="left"
+        )
         edges = edges.with_columns(
             pl.Series(
                 "from_substrate_id",
